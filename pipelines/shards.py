@@ -1,0 +1,156 @@
+"""The shard format: the contract between the dataset job and the trainer.
+
+    DIR/shards/00000.tar            webdataset: KEY.jpg, KEY.txt, KEY.json (successes only)
+    DIR/shards/00000.parquet        one row per sample, every status (img2dataset columns + ours)
+    DIR/shards/00000_stats.json     per-shard counts; written last, so it marks the shard finished
+
+Keys follow img2dataset: shard number then index in the shard, zero padded.
+Bytes are reproducible: tar members have mtime 0 and fixed owner/mode, rows
+are in key order, and nothing time-dependent is stored.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Iterable, Optional, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from wit import fileio
+
+STATUSES = ("success", "failed_to_download", "failed_to_resize", "opted_out", "duplicate", "near_duplicate")
+
+
+@dataclass(frozen=True)
+class Sample:
+    key: str
+    uid: str
+    url: str
+    caption: str
+    status: str = "success"
+    error_message: Optional[str] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    original_width: Optional[int] = None
+    original_height: Optional[int] = None
+    sha256: Optional[str] = None
+    phash: Optional[str] = None
+    http_status: Optional[int] = None
+    matched_query_ids: tuple[int, ...] = ()
+    selected_query_ids: tuple[int, ...] = ()
+    jpg: Optional[bytes] = field(default=None, repr=False)
+
+    def metadata(self) -> dict:
+        """The sample's JSON/Parquet record (everything but the image)."""
+        record = asdict(self)
+        del record["jpg"]
+        record["matched_query_ids"] = list(self.matched_query_ids)
+        record["selected_query_ids"] = list(self.selected_query_ids)
+        return record
+
+
+_TYPES = {
+    "width": pa.int32(), "height": pa.int32(), "original_width": pa.int32(), "original_height": pa.int32(),
+    "http_status": pa.int32(), "matched_query_ids": pa.list_(pa.int32()),
+    "selected_query_ids": pa.list_(pa.int32()), "jpg": pa.binary(),
+}
+STAGING_SCHEMA = pa.schema([pa.field(f.name, _TYPES.get(f.name, pa.string())) for f in fields(Sample)])
+SCHEMA = STAGING_SCHEMA.remove(STAGING_SCHEMA.get_field_index("jpg"))
+
+
+def shard_name(shard: int) -> str:
+    return f"{shard:05d}"
+
+
+def paths(out_dir: str, shard: int) -> dict[str, str]:
+    base = fileio.join(out_dir, "shards", shard_name(shard))
+    return {"tar": base + ".tar", "parquet": base + ".parquet", "stats": base + "_stats.json",
+            "staging": fileio.join(out_dir, "_staging", shard_name(shard) + ".parquet")}
+
+
+def key_for(shard: int, index: int, shard_size: int) -> str:
+    return f"{shard:05d}{index:0{len(str(max(shard_size - 1, 1)))}d}"
+
+
+def to_table(samples: Sequence[Sample], schema: pa.Schema) -> pa.Table:
+    columns = {name: [] for name in schema.names}
+    for s in samples:
+        for name in schema.names:
+            value = getattr(s, name)
+            columns[name].append(list(value) if isinstance(value, tuple) else value)
+    return pa.table(columns, schema=schema)
+
+
+def from_table(table: pa.Table) -> list[Sample]:
+    out = []
+    for row in table.to_pylist():
+        row["matched_query_ids"] = tuple(row.get("matched_query_ids") or ())
+        row["selected_query_ids"] = tuple(row.get("selected_query_ids") or ())
+        out.append(Sample(**row))
+    return out
+
+
+def write_parquet(path: str, samples: Sequence[Sample], schema: pa.Schema) -> None:
+    with fileio.atomic_open(path) as f:
+        pq.write_table(to_table(samples, schema), f, compression="zstd")
+
+
+def read_parquet(path: str, columns: Optional[list[str]] = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(fileio.read_bytes(path)), columns=columns)
+
+
+def read_samples(path: str) -> list[Sample]:
+    return from_table(read_parquet(path))
+
+
+def shard_stats(shard: int, samples: Iterable[Sample]) -> dict:
+    """img2dataset-style per-shard stats, plus a count for each of our statuses."""
+    samples = list(samples)
+    status = Counter(s.status for s in samples)
+    errors = Counter(s.error_message for s in samples if s.error_message)
+    stats = {"shard": shard_name(shard), "count": len(samples), "successes": status["success"]}
+    stats.update({name: status[name] for name in STATUSES if name != "success"})
+    stats["status_dict"] = dict(sorted(errors.items()))
+    return stats
+
+
+def status_count(stats: dict, status: str) -> int:
+    """A status's count in a shard's stats (img2dataset names the success count `successes`)."""
+    return stats.get("successes" if status == "success" else status, 0)
+
+
+def write_tar(path: str, samples: Sequence[Sample]) -> None:
+    from webdataset import TarWriter
+
+    with fileio.atomic_open(path) as f:
+        writer = TarWriter(f, encoder=False, mtime=0.0, user="wit", group="wit")
+        for s in samples:
+            if s.status != "success":
+                continue
+            writer.write({
+                "__key__": s.key,
+                "jpg": s.jpg,
+                "txt": s.caption.encode("utf-8"),
+                "json": json.dumps(s.metadata(), sort_keys=True, ensure_ascii=False).encode("utf-8"),
+            })
+        writer.close()
+
+
+def write_shard(out_dir: str, shard: int, samples: Sequence[Sample]) -> dict:
+    """Write tar, parquet, then stats (the 'finished' marker); returns the stats."""
+    samples = sorted(samples, key=lambda s: s.key)
+    p = paths(out_dir, shard)
+    write_tar(p["tar"], samples)
+    write_parquet(p["parquet"], [replace(s, jpg=None) for s in samples], SCHEMA)
+    stats = shard_stats(shard, samples)
+    fileio.write_bytes(p["stats"], json.dumps(stats, indent=1, sort_keys=True).encode() + b"\n")
+    return stats
+
+
+def is_finished(out_dir: str, shard: int) -> bool:
+    p = paths(out_dir, shard)
+    return all(fileio.exists(p[k]) for k in ("tar", "parquet", "stats"))

@@ -1,0 +1,181 @@
+"""End to end: `wit build` with Beam's DirectRunner on the synthetic web served on loopback."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tarfile
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import balance
+from pipelines.build import BuildError, BuildOptions, run_build
+from pipelines.dedup import hamming, normalize_url, uid_for
+from pipelines.fetch import FetchOptions
+from pipelines.match import QueryMatcher
+from pipelines.resize import ResizeOptions
+from pipelines.shards import STATUSES
+from wit.text import clean_caption
+
+CAP = 40
+SHARD = 100
+BEAM = ["--runner=DirectRunner"]
+
+
+def _opts(inputs, out, seed=0) -> BuildOptions:
+    return BuildOptions(candidates=(str(inputs / "*.parquet"),), queries=str(inputs / "queries.txt"), out=str(out),
+                        per_query_cap=CAP, shard_size=SHARD, seed=seed, threads=16,
+                        resize=ResizeOptions(image_size=64),
+                        fetch=FetchOptions(timeout=0.6, retries=1, retry_backoff=0.01))
+
+
+def _samples(out) -> list[dict]:
+    return [r for f in sorted(glob.glob(f"{out}/shards/*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
+@pytest.fixture(scope="module")
+def built(web_server, tmp_path_factory):
+    web, server = web_server
+    root = tmp_path_factory.mktemp("build")
+    inputs = root / "inputs"
+    rows = web.write_candidates(str(inputs / "candidates.parquet"), server.base_url)
+    queries = web.write_queries(str(inputs / "queries.txt"))
+    stats = run_build(_opts(inputs, root / "a"), BEAM)
+    return {"root": root, "inputs": inputs, "rows": rows, "queries": queries, "stats": stats}
+
+
+def _expected_selection(built) -> dict[str, tuple[int, ...]]:
+    """What balancing must select, computed independently of Beam from the candidate rows."""
+    matcher = QueryMatcher(built["queries"])
+    by_url: dict[str, list[tuple[int, ...]]] = {}
+    for r in built["rows"]:
+        m = matcher.match(clean_caption(r.caption))
+        if m:
+            by_url.setdefault(normalize_url(r.url), []).append(m)
+    matches = {uid_for(u): max(ms, key=len) for u, ms in by_url.items()}
+    return balance.select(matches, CAP, seed=0)
+
+
+def test_balancing_caps_each_query_and_keeps_small_queries_whole(built):
+    samples = _samples(built["root"] / "a")
+    selected = Counter(q for s in samples for q in s["selected_query_ids"])
+    matched = Counter(q for s in samples for q in s["matched_query_ids"])
+    assert max(selected.values()) == CAP  # the synthetic Zipf head does exceed the cap
+    expected = _expected_selection(built)
+    assert {s["uid"]: tuple(s["selected_query_ids"]) for s in samples} == expected
+    all_matches = Counter(q for qs in expected.values() for q in qs)
+    for q, n in selected.items():
+        assert n <= CAP
+        if matched[q] < CAP:
+            assert n == matched[q]
+    stats = built["stats"]
+    assert stats["per_query_after_balancing"]["max"] == CAP
+    assert stats["per_query_before_balancing"]["max"] > CAP
+    assert stats["stages"]["selected"] == len(samples) == len(expected)
+    assert all_matches == selected
+
+
+def test_every_fault_ends_as_a_recorded_status(built):
+    samples = _samples(built["root"] / "a")
+    truth = {}
+    for r in built["rows"]:
+        truth.setdefault(r.url, r)
+    assert all(s["status"] in STATUSES for s in samples)
+    by_fault: dict[str, Counter] = {}
+    for s in samples:
+        by_fault.setdefault(truth[s["url"]].fault, Counter())[s["status"]] += 1
+    assert set(by_fault["http_404"]) == {"failed_to_download"}
+    assert set(by_fault["http_500"]) == {"failed_to_download"}
+    assert set(by_fault["slow"]) == {"failed_to_download"}
+    assert set(by_fault["truncated"]) == {"failed_to_resize"}
+    assert set(by_fault["noai"]) == {"opted_out"}
+    assert set(by_fault["html"]) <= {"failed_to_download", "failed_to_resize"}
+    assert "no_match" not in by_fault  # dropped before fetching, counted
+    assert built["stats"]["stages"]["unmatched"] == sum(1 for r in built["rows"] if r.fault == "no_match")
+    for s in samples:
+        if s["status"] != "success":
+            assert s["error_message"], s
+
+
+def test_duplicates_and_near_duplicates_are_gone(built):
+    samples = _samples(built["root"] / "a")
+    truth = {r.url: r for r in built["rows"]}
+    ok = [s for s in samples if s["status"] == "success"]
+    # by definition: no two kept images share bytes or lie within the pHash threshold
+    assert len({s["sha256"] for s in ok}) == len(ok)
+    hashes = [int(s["phash"], 16) for s in ok]
+    assert all(hamming(a, b) > 4 for i, a in enumerate(hashes) for b in hashes[i + 1:])
+    # against the ground truth: byte-identical mirrors always go, re-encoded variants nearly always
+    kept_plain = {truth[s["url"]].image_id for s in ok if truth[s["url"]].fault not in ("mirror", "variant")}
+    fetched = [s for s in samples if s["status"] in ("success", "duplicate", "near_duplicate")]
+    mirrors = [s for s in fetched if truth[s["url"]].fault == "mirror" and truth[s["url"]].image_id in kept_plain]
+    variants = [s for s in fetched if truth[s["url"]].fault == "variant" and truth[s["url"]].image_id in kept_plain]
+    assert mirrors and all(s["status"] == "duplicate" for s in mirrors)
+    assert len(variants) >= 10
+    assert sum(s["status"] == "near_duplicate" for s in variants) >= 0.9 * len(variants)
+    statuses = Counter(s["status"] for s in samples)
+    assert statuses["duplicate"] > 0 and statuses["near_duplicate"] > 0
+
+
+def test_tar_samples_have_all_parts_and_a_parquet_row(built):
+    out = built["root"] / "a"
+    for tar_path in sorted(glob.glob(f"{out}/shards/*.tar")):
+        rows = {r["key"]: r for r in pq.read_table(tar_path[:-4] + ".parquet").to_pylist()}
+        with tarfile.open(tar_path) as tar:
+            parts: dict[str, set] = {}
+            for name in tar.getnames():
+                key, ext = name.split(".", 1)
+                parts.setdefault(key, set()).add(ext)
+        assert all(p == {"jpg", "txt", "json"} for p in parts.values())
+        assert set(parts) == {k for k, r in rows.items() if r["status"] == "success"}
+        assert 0 < len(rows) <= SHARD
+
+
+def test_same_seed_same_bytes_other_seed_other_selection(built):
+    root = built["root"]
+    run_build(_opts(built["inputs"], root / "b"), BEAM)
+    names = sorted(os.listdir(root / "a" / "shards"))
+    assert names == sorted(os.listdir(root / "b" / "shards")) and len(names) >= 6
+    for name in names:
+        assert (root / "a" / "shards" / name).read_bytes() == (root / "b" / "shards" / name).read_bytes(), name
+    run_build(_opts(built["inputs"], root / "c", seed=1), BEAM)
+    sel_a = {s["uid"] for s in _samples(root / "a")}
+    sel_c = {s["uid"] for s in _samples(root / "c")}
+    assert sel_a != sel_c
+
+
+def test_rerun_after_deleting_a_shard_rewrites_only_that_shard(built):
+    root = built["root"]
+    out = root / "rerun"
+    shutil.copytree(root / "a", out)
+    shard_dir = out / "shards"
+    before = {n: os.stat(shard_dir / n) for n in os.listdir(shard_dir)}
+    for ext in (".tar", ".parquet", "_stats.json"):
+        os.remove(shard_dir / f"00001{ext}")
+    stats = run_build(_opts(built["inputs"], out), BEAM)
+    shard_rows = pq.read_table(root / "a" / "shards" / "00001.parquet").num_rows
+    assert stats["stages"]["downloaded_this_run"] == shard_rows
+    for name, st in before.items():
+        now = os.stat(shard_dir / name)
+        assert (shard_dir / name).read_bytes() == (root / "a" / "shards" / name).read_bytes(), name
+        if not name.startswith("00001"):
+            assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns), name
+    assert not glob.glob(f"{out}/_staging/*") and not glob.glob(f"{shard_dir}/.*")
+    assert stats["stages"]["success"] == built["stats"]["stages"]["success"]
+
+
+def test_rerun_with_other_settings_is_refused(built):
+    with pytest.raises(BuildError, match="different per_query_cap"):
+        opts = _opts(built["inputs"], built["root"] / "a")
+        run_build(BuildOptions(**{**opts.__dict__, "per_query_cap": CAP + 1}), BEAM)
+
+
+def test_missing_inputs_are_clear_errors(built, tmp_path):
+    opts = _opts(built["inputs"], tmp_path / "x")
+    with pytest.raises(BuildError, match="no file matches"):
+        run_build(BuildOptions(**{**opts.__dict__, "candidates": (str(tmp_path / "none*.parquet"),)}), BEAM)
+    with pytest.raises(BuildError, match="no such file"):
+        run_build(BuildOptions(**{**opts.__dict__, "queries": str(tmp_path / "q.txt")}), BEAM)

@@ -1,0 +1,70 @@
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.candidates import Candidate, CandidateFileError, Reject, detect_format, read_path
+
+
+def _split(items):
+    items = list(items)
+    return [i for i in items if isinstance(i, Candidate)], [i for i in items if isinstance(i, Reject)]
+
+
+def test_reads_every_format_with_configurable_columns(tmp_path):
+    rows = [{"URL": "http://a.example/1.jpg", "TEXT": "a red circle"}, {"URL": "https://b.example/2", "TEXT": "x"}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "c.csv").write_text("URL,TEXT\n" + "".join(f'{r["URL"]},"{r["TEXT"]}"\n' for r in rows))
+    (tmp_path / "c.tsv").write_text("URL\tTEXT\n" + "".join(f'{r["URL"]}\t{r["TEXT"]}\n' for r in rows))
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt") as f:
+        f.write("\n".join(json.dumps(r) for r in rows))
+    for name in ("c.parquet", "c.jsonl", "c.csv", "c.tsv", "c.jsonl.gz"):
+        good, bad = _split(read_path(str(tmp_path / name), url_col="URL", caption_col="TEXT"))
+        assert [(c.url, c.caption, c.row) for c in good] == [
+            ("http://a.example/1.jpg", "a red circle", 0), ("https://b.example/2", "x", 1)], name
+        assert bad == []
+
+
+def test_bad_rows_are_rejected_by_file_and_row_and_the_rest_is_kept(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join([
+        json.dumps({"url": "http://ok.example/a.jpg", "caption": "fine"}),
+        "{not json",
+        json.dumps({"url": "ftp://x/y.jpg", "caption": "wrong scheme"}),
+        json.dumps({"url": "http://ok.example/b.jpg", "caption": "   "}),
+        json.dumps({"url": None, "caption": "no url"}),
+        json.dumps(["not", "an", "object"]),
+        json.dumps({"url": "http://ok.example/c.jpg", "caption": "also fine"}),
+    ]))
+    good, bad = _split(read_path(str(path)))
+    assert [c.row for c in good] == [0, 6]
+    reasons = {r.row: r.reason for r in bad}
+    assert reasons[1].startswith("invalid JSON")
+    assert "not an http(s) url" in reasons[2]
+    assert reasons[3] == "empty caption" and reasons[4] == "missing url"
+    assert reasons[5] == "JSON line is not an object"
+    assert str(bad[0]).startswith(f"{path}: row 1: ")
+
+
+def test_csv_row_with_wrong_field_count_is_rejected(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("url,caption\nhttp://a.example/1.jpg,one\nhttp://a.example/2.jpg\nhttp://a.example/3.jpg,three\n")
+    good, bad = _split(read_path(str(path)))
+    assert [c.caption for c in good] == ["one", "three"]
+    assert bad == [Reject(str(path), 1, "1 fields, header has 2")]
+
+
+def test_unreadable_file_and_missing_column_name_the_file(tmp_path):
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(CandidateFileError, match="broken.parquet: not a readable Parquet file"):
+        list(read_path(str(broken)))
+    cols = tmp_path / "cols.csv"
+    cols.write_text("link,text\nhttp://a/1.jpg,x\n")
+    with pytest.raises(CandidateFileError, match=r"cols.csv: missing column\(s\) url, caption"):
+        list(read_path(str(cols)))
+    with pytest.raises(CandidateFileError, match="cannot tell the format"):
+        detect_format("data.bin")

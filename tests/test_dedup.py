@@ -1,0 +1,78 @@
+import random
+
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipelines.build import ImageDedup
+from pipelines.dedup import (ImageInfo, PairChoice, bands, best_of, choose_pair, hamming, near_duplicates,
+                             normalize_url, uid_for)
+
+
+def test_normalize_url():
+    assert normalize_url("HTTP://Example.COM:80/a/b.jpg#frag") == "http://example.com/a/b.jpg"
+    assert normalize_url("https://example.com:443") == "https://example.com/"
+    assert normalize_url("http://example.com:8080/x?b=2&a=1") == "http://example.com:8080/x?a=1&b=2"
+    assert normalize_url("http://u:p@Example.com/x") == "http://u:p@example.com/x"
+    assert uid_for(normalize_url("http://EXAMPLE.com/x")) == uid_for(normalize_url("http://example.com/x#y"))
+
+
+def test_choose_pair_prefers_most_matches_then_smallest_caption():
+    kept, repeats, others = choose_pair([
+        PairChoice("b caption", "http://x/1", (1,)),
+        PairChoice("b caption", "http://x/1", (1,)),
+        PairChoice("a caption", "http://x/1", (1,)),
+        PairChoice("z caption", "http://x/1", (1, 2)),
+    ])
+    assert kept.caption == "z caption" and repeats == 1 and others == 2
+
+
+def test_bands_pigeonhole_finds_every_close_pair():
+    rng = random.Random(0)
+    for threshold in (0, 3, 4, 8):
+        for _ in range(300):
+            a = rng.getrandbits(64)
+            b = a
+            for bit in rng.sample(range(64), rng.randint(0, threshold)):
+                b ^= 1 << bit
+            assert set(bands(a, threshold)) & set(bands(b, threshold))
+
+
+def _infos(n=200, seed=1):
+    rng = random.Random(seed)
+    infos, base = [], [rng.getrandbits(64) for _ in range(n // 4)]
+    for i in range(n):
+        h = rng.choice(base)
+        for bit in rng.sample(range(64), rng.randint(0, 6)):
+            h ^= 1 << bit
+        infos.append(ImageInfo(uid=f"{i:04d}", key=f"k{i:04d}", shard=i % 3, sha256=f"s{i % 97}", phash=h,
+                               pixels=rng.randint(1, 5) * 1000))
+    return infos
+
+
+def test_near_duplicates_match_brute_force():
+    infos = _infos()
+    got = near_duplicates(infos, 4)
+    for info in infos:
+        better = [o for o in infos if o.rank < info.rank and hamming(o.phash, info.phash) <= 4]
+        if better:
+            assert got[info.uid] == best_of(better)
+        else:
+            assert info.uid not in got
+
+
+def test_beam_image_dedup_matches_reference():
+    infos = _infos()
+    by_sha: dict[str, list[ImageInfo]] = {}
+    for i in infos:
+        by_sha.setdefault(i.sha256, []).append(i)
+    expected = []
+    kept = []
+    for group in by_sha.values():
+        best = best_of(group)
+        kept.append(best)
+        expected += [(i.shard, (i.uid, "duplicate", f"duplicate of {best.key}")) for i in group if i is not best]
+    expected += [(next(i.shard for i in infos if i.uid == uid), (uid, "near_duplicate", f"near duplicate of {b.key}"))
+                 for uid, b in near_duplicates(kept, 4).items()]
+    with TestPipeline() as p:
+        assert_that(p | beam.Create(infos) | ImageDedup(4), equal_to(expected))

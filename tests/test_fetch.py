@@ -1,0 +1,65 @@
+from collections import Counter
+
+from pipelines.download import download_shard
+from pipelines.fetch import FetchOptions, fetch, opted_out
+from pipelines.resize import ResizeOptions
+from pipelines.shards import Sample
+
+FAST = FetchOptions(timeout=0.5, retries=1, retry_backoff=0.01)
+
+
+def test_x_robots_tag_directives():
+    d = ("noai", "noimageai", "noindex", "noimageindex")
+    assert opted_out(["noai, noimageai"], "wit", d) == "noai"
+    assert opted_out(["otherbot: noindex"], "wit", d) is None
+    assert opted_out(["wit: noimageai"], "wit", d) == "noimageai"
+    assert opted_out(["nofollow", "max-image-preview:large"], "wit", d) is None
+
+
+def test_every_fault_of_the_synthetic_web_ends_as_a_status(web_server):
+    web, server = web_server
+    rows = {}
+    for r in web.rows(server.base_url):
+        rows.setdefault(r.fault, r)
+    samples = [Sample(key=f, uid=f, url=r.url, caption=r.caption) for f, r in rows.items()]
+    got = {s.key: s for s in download_shard(samples, FAST, ResizeOptions(image_size=64), threads=8)}
+    expected = {
+        "ok": "success", "mirror": "success", "variant": "success", "dup_url": "success", "no_match": "success",
+        "redirect": "success", "http_404": "failed_to_download", "http_500": "failed_to_download",
+        "slow": "failed_to_download", "truncated": "failed_to_resize", "noai": "opted_out",
+    }
+    for fault, status in expected.items():
+        assert got[fault].status == status, (fault, got[fault])
+    assert got["http_404"].error_message.startswith("http 404") and got["http_404"].http_status == 404
+    assert got["slow"].error_message.startswith("timeout")
+    assert got["noai"].error_message == "X-Robots-Tag: noai"
+    assert got["html"].status in ("failed_to_download", "failed_to_resize")
+    ok = got["ok"]
+    assert ok.jpg and ok.sha256 and len(ok.phash) == 16 and max(ok.width, ok.height) == 64
+
+
+def test_html_labelled_or_disguised_is_never_an_image(web_server):
+    _, server = web_server
+    labelled = fetch(f"{server.base_url}/html/1.jpg", FAST)
+    assert labelled.status == "failed" and "text/html" in labelled.error
+    disguised = download_shard([Sample(key="k", uid="u", url=f"{server.base_url}/html/2.jpg", caption="c")],
+                               FAST, ResizeOptions())[0]
+    assert disguised.status == "failed_to_resize" and "not a JPEG" in disguised.error_message
+
+
+def test_server_errors_are_retried_then_reported(web_server):
+    _, server = web_server
+    got = fetch(f"{server.base_url}/error/3.jpg", FetchOptions(timeout=1, retries=2, retry_backoff=0.01))
+    assert got.status == "failed" and got.http_status == 500 and got.attempts == 3
+    missing = fetch(f"{server.base_url}/missing/3.jpg", FetchOptions(retries=2, retry_backoff=0.01))
+    assert missing.attempts == 1  # a 404 is not worth retrying
+
+
+def test_unreachable_host_and_redirect_limit(web_server):
+    _, server = web_server
+    closed = fetch("http://127.0.0.1:9/x.jpg", FetchOptions(timeout=0.5, retries=0))
+    assert closed.status == "failed" and closed.error.startswith("connection error")
+    redirected = fetch(f"{server.base_url}/redirect/5.jpg", FetchOptions(max_redirects=0))
+    assert redirected.status == "failed" and "redirects" in redirected.error
+    statuses = Counter(fetch(f"{server.base_url}/redirect/{i}.jpg", FAST).status for i in range(3))
+    assert statuses == {"ok": 3}

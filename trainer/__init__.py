@@ -1,0 +1,1 @@
+"""CLIP trainer that reads the shards written by `wit build` (see issue #3)."""

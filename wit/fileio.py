@@ -1,0 +1,61 @@
+"""Atomic writes through Beam's FileSystems, so local, gs:// and s3:// paths all work.
+
+Everything the job writes goes to a temporary name beside the target and is
+renamed into place when complete: a crash never leaves a half-written file
+under a final name, so a rerun can trust what it finds.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from contextlib import contextmanager
+from typing import BinaryIO, Iterator
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+
+def join(base: str, *parts: str) -> str:
+    return FileSystems.join(base, *parts)
+
+
+def exists(path: str) -> bool:
+    return FileSystems.exists(path)
+
+
+def _tmp_name(path: str) -> str:
+    head, tail = posixpath.split(path)
+    return posixpath.join(head, f".{tail}.tmp-{uuid.uuid4().hex[:12]}") if head else f".{tail}.tmp"
+
+
+@contextmanager
+def atomic_open(path: str) -> Iterator[BinaryIO]:
+    """A binary stream whose content appears at `path` only if the block succeeds."""
+    tmp = _tmp_name(path)
+    stream = FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED)
+    try:
+        yield stream
+        stream.close()
+    except BaseException:
+        stream.close()
+        FileSystems.delete([tmp])
+        raise
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+def read_bytes(path: str) -> bytes:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read()
+
+
+def delete_if_exists(path: str) -> None:
+    if FileSystems.exists(path):
+        FileSystems.delete([path])

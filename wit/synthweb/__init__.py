@@ -1,0 +1,12 @@
+"""A synthetic web for the demo and the tests: drawn images, Zipf captions, real faults.
+
+    web = SyntheticWeb(seed=0, count=3000)
+    with SyntheticServer(web) as server:
+        web.write_candidates("candidates.parquet", server.base_url)
+        web.write_queries("queries.txt")
+"""
+
+from wit.synthweb.server import SyntheticServer
+from wit.synthweb.site import FAULTS, Row, SyntheticWeb
+
+__all__ = ["FAULTS", "Row", "SyntheticServer", "SyntheticWeb"]
