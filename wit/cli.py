@@ -108,6 +108,48 @@ def cmd_synthweb(a: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def cmd_queries_build(a: argparse.Namespace, beam_args: list[str]) -> int:
+    from queries.assemble import Thresholds
+    from queries.build import QueryInputs, build, summary, write
+
+    inputs = QueryInputs(wikipedia=tuple(a.wikipedia), unigrams=tuple(a.unigrams), bigrams=tuple(a.bigrams),
+                         pageviews=tuple(a.pageviews), wordnet=a.wordnet, work=a.work or f"{a.out}/counts")
+    thresholds = Thresholds(target=a.target, min_word_count=a.min_word_count, min_bigram_count=a.min_bigram_count,
+                            min_pmi=a.min_pmi, min_views=a.min_views)
+    result = build(inputs, thresholds, beam_args)
+    paths = write(result, a.out)
+    print(summary(result))
+    print(f"wrote {paths['queries.txt']} (one query per line; `wit build --queries` takes it), "
+          f"{paths['queries.tsv']} (query, source, count, pmi) and {paths['composition.json']}")
+    return 0
+
+
+def _add_queries(sub) -> None:
+    from queries.assemble import DEFAULT_MIN_PMI
+
+    q = sub.add_parser("queries", help="regenerate CLIP's 500,000-query list")
+    qsub = q.add_subparsers(dest="queries_command", required=True, metavar="COMMAND")
+    b = qsub.add_parser("build", help="words, PMI bigrams, popular titles and WordNet lemmas -> queries.txt",
+                        description="With no input, unigrams come from the wordfreq package (offline default).")
+    b.add_argument("--out", required=True, help="directory for queries.txt, queries.tsv and composition.json")
+    b.add_argument("--wikipedia", action="append", default=[],
+                   help="pages-articles dump(s), .xml or .xml.bz2 (glob; repeatable); counted with Beam")
+    b.add_argument("--unigrams", action="append", default=[], help="precomputed 'word<TAB>count' file(s)")
+    b.add_argument("--bigrams", action="append", default=[], help="precomputed 'w1 w2<TAB>count' file(s)")
+    b.add_argument("--pageviews", action="append", default=[],
+                   help="pageview dump file(s) ('en Title views bytes' lines), summed (glob; repeatable)")
+    b.add_argument("--wordnet", help=f"WordNet 3.0 database directory or WN-LMF XML (default {'/usr/share/wordnet'} "
+                                     "if present)")
+    b.add_argument("--work", help="directory for the counting job's output (default OUT/counts)")
+    b.add_argument("--target", type=int, default=500_000)
+    b.add_argument("--min-word-count", type=int, default=100)
+    b.add_argument("--min-bigram-count", type=int, default=100)
+    b.add_argument("--min-pmi", type=float, default=DEFAULT_MIN_PMI,
+                   help="log2 PMI threshold (default log2(30): co-occurring 30x more often than by chance)")
+    b.add_argument("--min-views", type=int, default=1_000, help="page views summed over --pageviews files")
+    b.set_defaults(func=cmd_queries_build)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="wit", description="Rebuild CLIP's WebImageText dataset construction and train CLIP on it.",
@@ -136,13 +178,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--slow-seconds", type=float, default=3.0)
     s.add_argument("--serve-seconds", type=float, default=-1, help="stop after this long (-1: until Ctrl-C)")
     s.set_defaults(func=cmd_synthweb)
+
+    _add_queries(sub)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = parser()
     args, extra = p.parse_known_args(argv)
-    if extra and args.command not in ("build", "demo"):
+    if extra and args.command not in ("build", "demo", "queries"):
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
