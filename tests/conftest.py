@@ -6,15 +6,10 @@ import logging
 
 import pytest
 
+from wit.cli import QuietBeamImport
 from wit.synthweb import SyntheticServer, SyntheticWeb
 
-
-class _QuietBeamImport(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "apitools not found" not in record.getMessage()
-
-
-logging.getLogger().addFilter(_QuietBeamImport())
+logging.getLogger().addFilter(QuietBeamImport())
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import sys
 from typing import Optional, Sequence
 
 
-class _QuietBeamImport(logging.Filter):
+class QuietBeamImport(logging.Filter):
     """Beam warns at import about optional GCP clients; irrelevant unless you use them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -138,7 +138,7 @@ def _add_queries(sub) -> None:
     b.add_argument("--bigrams", action="append", default=[], help="precomputed 'w1 w2<TAB>count' file(s)")
     b.add_argument("--pageviews", action="append", default=[],
                    help="pageview dump file(s) ('en Title views bytes' lines), summed (glob; repeatable)")
-    b.add_argument("--wordnet", help=f"WordNet 3.0 database directory or WN-LMF XML (default {'/usr/share/wordnet'} "
+    b.add_argument("--wordnet", help="WordNet 3.0 database directory or WN-LMF XML (default /usr/share/wordnet "
                                      "if present)")
     b.add_argument("--work", help="directory for the counting job's output (default OUT/counts)")
     b.add_argument("--target", type=int, default=500_000)
@@ -191,7 +191,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_QuietBeamImport())
+        handler.addFilter(QuietBeamImport())
     try:
         return args.func(args, extra)
     except (ValueError, OSError) as e:
