@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator, Union
 from urllib.parse import urlsplit
 
+from wit import fileio
 from wit.text import clean_caption
 
 FORMATS = ("parquet", "jsonl", "csv", "tsv")
@@ -93,15 +94,6 @@ def _require_columns(path: str, names: list[str], url_col: str, caption_col: str
             "(set --url-col / --caption-col)")
 
 
-def _text(stream: BinaryIO) -> Iterator[str]:
-    """Decoded lines; Beam's compressed streams offer readline() but are no io objects."""
-    while True:
-        line = stream.readline()
-        if not line:
-            return
-        yield line.decode("utf-8", errors="replace")
-
-
 def iter_file(stream: BinaryIO, path: str, fmt: str, url_col: str = "url",
               caption_col: str = "caption") -> Iterator[Union[Candidate, Reject]]:
     """Yield a Candidate or a Reject per row (rows counted from 0, as in pandas)."""
@@ -109,7 +101,7 @@ def iter_file(stream: BinaryIO, path: str, fmt: str, url_col: str = "url",
         for row, (url, caption) in enumerate(_rows_parquet(stream, path, url_col, caption_col)):
             yield validate(url, caption, path, row)
     elif fmt == "jsonl":
-        for row, line in enumerate(_text(stream)):
+        for row, line in enumerate(fileio.iter_lines(stream)):
             if not line.strip():
                 continue
             try:
@@ -122,7 +114,7 @@ def iter_file(stream: BinaryIO, path: str, fmt: str, url_col: str = "url",
                 continue
             yield validate(record.get(url_col), record.get(caption_col), path, row)
     elif fmt in ("csv", "tsv"):
-        reader = csv.reader(_text(stream), delimiter="," if fmt == "csv" else "\t")
+        reader = csv.reader(fileio.iter_lines(stream), delimiter="," if fmt == "csv" else "\t")
         try:
             header = next(reader)
         except StopIteration:

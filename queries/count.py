@@ -39,14 +39,8 @@ def count_dump(path: str):
 
 def read_pageviews(path: str):
     with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
-        def lines():
-            while True:
-                line = f.readline()
-                if not line:
-                    return
-                yield line.decode("utf-8", errors="replace").rstrip("\n")
         try:
-            yield from pageviews.parse_lines(lines())
+            yield from pageviews.parse_lines(line.rstrip("\n") for line in fileio.iter_lines(f))
         except (EOFError, OSError) as e:
             raise QueryInputError(f"{path}: truncated or corrupt pageview file: {e}") from e
 

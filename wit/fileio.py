@@ -56,6 +56,15 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+def iter_lines(stream: BinaryIO) -> Iterator[str]:
+    """Decoded lines of a Beam stream: its compressed streams offer readline() but are no io objects."""
+    while True:
+        line = stream.readline()
+        if not line:
+            return
+        yield line.decode("utf-8", errors="replace")
+
+
 def delete_if_exists(path: str) -> None:
     if FileSystems.exists(path):
         FileSystems.delete([path])
