@@ -30,8 +30,11 @@ class QueryInputs:
     work: Optional[str] = None
 
 
-def read_counts(patterns: Sequence[str], what: str) -> dict[str, int]:
-    """`key <TAB> count` files (ours, or precomputed ones such as wikiwords' unigram list)."""
+def read_counts(patterns: Sequence[str], what: str, normalise: bool = True) -> dict[str, int]:
+    """`key <TAB> count` files (ours, or precomputed ones such as wikiwords' unigram list).
+
+    Word and bigram keys are reduced to the matcher's words; titles keep their case (`normalise=False`).
+    """
     counts: dict[str, int] = {}
     for path in match_all(patterns, what):
         data = fileio.read_bytes(path).decode("utf-8", errors="replace")
@@ -41,7 +44,7 @@ def read_counts(patterns: Sequence[str], what: str) -> dict[str, int]:
             key, sep, value = line.rpartition("\t")
             if not sep or not value.strip().isdigit():
                 raise QueryInputError(f"{path}: line {number}: expected 'text<TAB>count', got {line[:80]!r}")
-            key = " ".join(words(key))
+            key = " ".join(words(key)) if normalise else key.strip()
             if key:
                 counts[key] = counts.get(key, 0) + int(value)
     return counts
@@ -83,11 +86,7 @@ def build(inputs: QueryInputs, t: Thresholds, beam_args: Sequence[str] = ()) -> 
         notes.append("no Wikipedia input given: unigram counts come from the wordfreq package's English list, "
                      f"frequencies scaled to {WORDFREQ_CORPUS_TOKENS:,} words; bigrams need --wikipedia or --bigrams")
     if inputs.pageviews:
-        titles = {}
-        for path in match_all([fileio.join(inputs.work, "titles-*.tsv")], "title count"):
-            for line in fileio.read_bytes(path).decode("utf-8").splitlines():
-                title, _, views = line.rpartition("\t")
-                titles[title] = titles.get(title, 0) + int(views)
+        titles = read_counts([fileio.join(inputs.work, "titles-*.tsv")], "title count", normalise=False)
     else:
         notes.append("no --pageviews given: no Wikipedia titles")
     wordnet_path = inputs.wordnet or (DEBIAN_WORDNET if os.path.isdir(DEBIAN_WORDNET) else None)
