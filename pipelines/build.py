@@ -444,16 +444,8 @@ class BuildError(ValueError):
 
 
 def _match_candidates(patterns: Sequence[str]) -> list[tuple[str, int, float]]:
-    files = []
-    for pattern in patterns:
-        try:
-            metadata = FileSystems.match([pattern])[0].metadata_list
-        except Exception as e:
-            raise BuildError(f"--candidates {pattern}: {e}") from e
-        if not metadata:
-            raise BuildError(f"--candidates {pattern}: no file matches")
-        files.extend((m.path, m.size_in_bytes, m.last_updated_in_seconds) for m in metadata)
-    return sorted(set(files))
+    return [(m.path, m.size_in_bytes, m.last_updated_in_seconds)
+            for m in fileio.match_files(patterns, "--candidates", BuildError)]
 
 
 def _finished_shards(out: str) -> frozenset[int]:

@@ -79,7 +79,8 @@ def _titles(views: dict[str, int], t: Thresholds) -> list[Entry]:
 
 
 def _interleave(a: list[Entry], b: list[Entry]) -> list[Entry]:
-    keyed = [((i + 1) / len(a), 0, i, e) for i, e in enumerate(a)] + [((i + 1) / len(b), 1, i, e) for i, e in enumerate(b)]
+    keyed = [((i + 1) / len(a), 0, i, e) for i, e in enumerate(a)]
+    keyed += [((i + 1) / len(b), 1, i, e) for i, e in enumerate(b)]
     return [e for *_k, e in sorted(keyed, key=lambda k: k[:3])]
 
 

@@ -56,13 +56,7 @@ def _write_totals(totals, path: str):
 
 
 def match_all(patterns: Sequence[str], what: str) -> list[str]:
-    files = []
-    for pattern in patterns:
-        found = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-        if not found:
-            raise QueryInputError(f"{pattern}: no {what} file matches")
-        files += found
-    return sorted(set(files))
+    return [m.path for m in fileio.match_files(patterns, f"{what} file", QueryInputError)]
 
 
 def run_count(work: str, dumps: Sequence[str] = (), views: Sequence[str] = (), min_bigram_count: int = 100,

@@ -25,8 +25,11 @@ def test_build_reports_bad_input_clearly(tmp_path, capsys):
 def test_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "wit.cli", "demo", "--out", str(out), "--count", "300",
-                           "--shard-size", "100"], capture_output=True, text=True, timeout=300)
+                           "--shard-size", "100", "--train-steps", "3"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "samples in the shards" in proc.stdout and "pairs per stage" in proc.stdout
+    # then a tiny CLIP trains on all shards but the last and is evaluated on held-out drawings
+    assert "retrieval on" in proc.stdout and "zeroshot/colour-shapes: top-1" in proc.stdout
+    assert (out / "train" / "checkpoints" / "latest").exists()
     assert (out / "dataset" / "stats.json").exists()
     assert list((out / "dataset" / "shards").glob("*.tar"))

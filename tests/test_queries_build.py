@@ -31,7 +31,8 @@ def _run(inputs, out, target):
 
 def test_build_from_dump_pageviews_and_wordnet(inputs, tmp_path):
     queries, report = _run(inputs, tmp_path / "a", target=1000)
-    rows = {line.split("\t")[0]: line.split("\t")[1:] for line in (tmp_path / "a" / "queries.tsv").read_text().splitlines()}
+    lines = (tmp_path / "a" / "queries.tsv").read_text().splitlines()
+    rows = {line.split("\t")[0]: line.split("\t")[1:] for line in lines}
     assert list(rows) == queries
     # words: 30 copies of the article, threshold 60 ("zebra" occurs 30 times, "new" 120)
     assert rows["new"] == ["word", "120", ""] and rows["city"][:2] == ["word", "90"]

@@ -81,7 +81,7 @@ def cmd_demo(a: argparse.Namespace, beam_args: list[str]) -> int:
     from wit.demo import run_demo
 
     run_demo(out=a.out, count=a.count, per_query_cap=a.per_query_cap, shard_size=a.shard_size, seed=a.seed,
-             beam_args=beam_args)
+             beam_args=beam_args, train_steps=a.train_steps, model=a.model)
     return 0
 
 
@@ -150,6 +150,113 @@ def _add_queries(sub) -> None:
     b.set_defaults(func=cmd_queries_build)
 
 
+def cmd_tokenizer_train(a: argparse.Namespace, beam_args: list[str]) -> int:
+    from trainer.data import list_shards
+    from trainer.tokenizer import train_tokenizer
+    from trainer.train import iter_captions
+
+    shards = list_shards(a.shards)
+    tok = train_tokenizer(iter_captions(shards), vocab_size=a.vocab_size, min_frequency=a.min_frequency)
+    tok.save(a.out)
+    print(f"trained a byte-level BPE of {tok.vocab_size:,} tokens on the captions of {len(shards)} shard(s); "
+          f"wrote {a.out}")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace, beam_args: list[str]) -> int:
+    from trainer.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        shards=tuple(a.shards), out=a.out, model=a.model, tokenizer=a.tokenizer, vocab_size=a.vocab_size,
+        batch_size=a.batch_size, steps=a.steps, lr=a.lr, weight_decay=a.wd, warmup=a.warmup, precision=a.precision,
+        grad_checkpointing=a.grad_checkpointing, compile=a.compile, workers=a.workers,
+        shuffle_buffer=a.shuffle_buffer, min_crop_scale=a.min_crop_scale, seed=a.seed, save_every=a.save_every,
+        log_every=a.log_every, resume=not a.no_resume, stop_after=a.stop_after, val_shards=tuple(a.val_shards),
+        zeroshot=tuple(a.zeroshot),
+        device=a.device, progress=not a.no_progress)
+    summary = train(cfg)
+    if summary.get("eval"):
+        from trainer.evaluate import format_results
+
+        print(format_results(summary["eval"]))
+    print(f"trained {summary['steps']} steps (last loss {summary['final_loss']:.4f}); "
+          f"checkpoint {summary['checkpoint']}; corrupt samples skipped: {summary['corrupt_samples']}")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace, beam_args: list[str]) -> int:
+    import json
+
+    from trainer.evaluate import evaluate, format_results, load_for_eval
+
+    if not a.shards and not a.zeroshot:
+        raise ValueError("nothing to evaluate: pass --shards (retrieval) and/or --zeroshot DIR")
+    model, tok, device = load_for_eval(a.checkpoint, a.device)
+    results = evaluate(model, tok, a.shards, a.zeroshot, device, a.batch_size)
+    print(format_results(results))
+    if a.json:
+        from wit import fileio
+
+        fileio.write_bytes(a.json, json.dumps(results, indent=1).encode())
+    return 0
+
+
+def _add_trainer(sub) -> None:
+    from trainer.model import CONFIGS
+
+    t = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer on the dataset's captions")
+    tsub = t.add_subparsers(dest="tokenizer_command", required=True, metavar="COMMAND")
+    tt = tsub.add_parser("train", help="shards -> tokenizer.json")
+    tt.add_argument("--shards", required=True, action="append", help="tar shards: glob or directory; repeatable")
+    tt.add_argument("--out", required=True, help="tokenizer.json to write")
+    tt.add_argument("--vocab-size", type=int, default=49408)
+    tt.add_argument("--min-frequency", type=int, default=2)
+    tt.set_defaults(func=cmd_tokenizer_train)
+
+    tr = sub.add_parser("train", help="train CLIP on webdataset shards (torchrun for several GPUs)",
+                        description="Resumes from OUT/checkpoints when present. Several GPUs: "
+                                    "torchrun --nproc_per_node N -m wit.cli train ...")
+    tr.add_argument("--shards", required=True, action="append", help="training shards: glob or directory; repeatable")
+    tr.add_argument("--out", required=True, help="directory for checkpoints, tokenizer.json and TensorBoard logs")
+    tr.add_argument("--model", default="ViT-B-32", choices=list(CONFIGS))
+    tr.add_argument("--tokenizer", help="tokenizer.json (default OUT/tokenizer.json, trained on the shards if absent)")
+    tr.add_argument("--vocab-size", type=int, default=49408, help="when training the tokenizer")
+    tr.add_argument("--batch-size", type=int, default=256, help="per GPU")
+    tr.add_argument("--steps", type=int, default=10_000)
+    tr.add_argument("--lr", type=float, default=5e-4)
+    tr.add_argument("--wd", type=float, default=0.2)
+    tr.add_argument("--warmup", type=int, default=500)
+    tr.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="auto: bf16 on CUDA")
+    tr.add_argument("--grad-checkpointing", action="store_true")
+    tr.add_argument("--compile", action="store_true", help="torch.compile the model")
+    tr.add_argument("--workers", type=int, default=4, help="loader processes per GPU")
+    tr.add_argument("--shuffle-buffer", type=int, default=2000)
+    tr.add_argument("--min-crop-scale", type=float, default=0.9, help="smallest random square crop (of the short side)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--save-every", type=int, default=1000)
+    tr.add_argument("--log-every", type=int, default=10)
+    tr.add_argument("--no-resume", action="store_true", help="ignore checkpoints in OUT (they get overwritten)")
+    tr.add_argument("--stop-after", type=int, help="end this run at this step and checkpoint (rerun to go on)")
+    tr.add_argument("--val-shards", action="append", default=[], help="held-out shards for retrieval at the end")
+    tr.add_argument("--zeroshot", action="append", default=[],
+                    help="classification set dir(s) for zero-shot at the end")
+    tr.add_argument("--device", help="default cuda:LOCAL_RANK if available, else cpu")
+    tr.add_argument("--no-progress", action="store_true")
+    tr.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="zero-shot classification and retrieval R@1/5/10",
+                       description="--zeroshot DIR: classnames.txt, zeroshot_classification_templates.txt ({c} = "
+                                   "class name) and tar shards with an image and cls per sample (clip_benchmark's "
+                                   "webdataset layout). --shards: held-out image-caption shards for retrieval.")
+    e.add_argument("--checkpoint", required=True, help="a .pt checkpoint or a `wit train --out` directory")
+    e.add_argument("--shards", action="append", default=[])
+    e.add_argument("--zeroshot", action="append", default=[])
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--device")
+    e.add_argument("--json", help="also write the results here as JSON")
+    e.set_defaults(func=cmd_eval)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="wit", description="Rebuild CLIP's WebImageText dataset construction and train CLIP on it.",
@@ -162,12 +269,14 @@ def parser() -> argparse.ArgumentParser:
     _add_build_args(b)
     b.set_defaults(func=cmd_build)
 
-    d = sub.add_parser("demo", help="build a small dataset from the bundled synthetic web, end to end")
+    d = sub.add_parser("demo", help="build a small dataset from the bundled synthetic web, then train a tiny CLIP")
     d.add_argument("--out", default="wit-demo", help="demo directory (default ./wit-demo, replaced each run)")
     d.add_argument("--count", type=int, default=3000, help="candidate pairs to generate")
     d.add_argument("--per-query-cap", type=int, default=150)
     d.add_argument("--shard-size", type=int, default=500)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--train-steps", type=int, default=400, help="steps of the tiny CLIP trained afterwards (0: skip)")
+    d.add_argument("--model", default="tiny-vit", help="model the demo trains (default tiny-vit)")
     d.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("synthweb", help="write a synthetic candidate list and serve its images on 127.0.0.1")
@@ -180,6 +289,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_synthweb)
 
     _add_queries(sub)
+    _add_trainer(sub)
     return p
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import posixpath
 import uuid
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Sequence
+
+from apache_beam.io.filesystem import FileMetadata
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -68,3 +70,17 @@ def iter_lines(stream: BinaryIO) -> Iterator[str]:
 def delete_if_exists(path: str) -> None:
     if FileSystems.exists(path):
         FileSystems.delete([path])
+
+
+def match_files(patterns: Sequence[str], what: str, error: type[Exception] = ValueError) -> list[FileMetadata]:
+    """Every file the globs name, sorted by path; a glob that names nothing is an error, not an empty input."""
+    found: dict[str, FileMetadata] = {}
+    for pattern in patterns:
+        try:
+            metadata = FileSystems.match([pattern])[0].metadata_list
+        except Exception as e:
+            raise error(f"{what} {pattern}: {e}") from e
+        if not metadata:
+            raise error(f"{what} {pattern}: no file matches")
+        found.update((m.path, m) for m in metadata)
+    return [found[path] for path in sorted(found)]

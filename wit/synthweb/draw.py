@@ -73,7 +73,8 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
         return ring(10, [r, r * 0.45])
     if shape == "cross":
         w = r * 0.35
-        pts = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)]
+        pts = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w),
+               (-w, -w)]
     else:  # arrow
         pts = [(-r, -r * 0.25), (r * 0.2, -r * 0.25), (r * 0.2, -r * 0.6), (r, 0), (r * 0.2, r * 0.6),
                (r * 0.2, r * 0.25), (-r, r * 0.25)]

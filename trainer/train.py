@@ -1,0 +1,333 @@
+"""The training loop: one process per GPU (torchrun) or one on the CPU.
+
+Checkpoints carry everything a resumed run needs to take the very step an
+uninterrupted run would have taken: weights, optimizer and scheduler state, the
+step, and every rank's loader position.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from trainer import data
+from trainer.loss import distributed_clip_loss
+from trainer.model import CLIP, CLIPConfig, config
+from trainer.tokenizer import Tokenizer, train_tokenizer
+from wit import fileio
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    shards: tuple[str, ...]
+    out: str
+    model: str = "ViT-B-32"
+    tokenizer: Optional[str] = None  # default: OUT/tokenizer.json, trained on the shards if absent
+    vocab_size: int = 49408
+    batch_size: int = 256  # per rank
+    steps: int = 10_000
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup: int = 500
+    precision: str = "auto"  # bf16 on CUDA, fp32 on CPU
+    grad_checkpointing: bool = False
+    compile: bool = False
+    workers: int = 4
+    shuffle_buffer: int = 2000
+    min_crop_scale: float = 0.9
+    seed: int = 0
+    save_every: int = 1000
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    resume: bool = True
+    stop_after: Optional[int] = None  # end this run at this step (a job slot shorter than the schedule)
+    progress: bool = True
+    val_shards: tuple[str, ...] = ()
+    zeroshot: tuple[str, ...] = field(default=())
+    device: Optional[str] = None
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def setup_distributed(device: Optional[str] = None) -> Dist:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; without them this is a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, local, dev)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """CLIP decays only matrices: gains, biases, embeddings of rank < 2 and the temperature are exempt."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exempt = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        (no_decay if exempt else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError):  # a device without the fused kernel
+        return torch.optim.AdamW(groups, foreach=True, **kwargs)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup, then cosine decay to zero at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision != "fp32":
+        raise ValueError(f"unknown precision {precision!r} (bf16 or fp32)")
+    return nullcontext()
+
+
+def checkpoint_dir(out: str) -> str:
+    return fileio.join(out, "checkpoints")
+
+
+def latest_checkpoint(out: str) -> Optional[str]:
+    pointer = fileio.join(checkpoint_dir(out), "latest")
+    if not fileio.exists(pointer):
+        return None
+    return fileio.join(checkpoint_dir(out), fileio.read_bytes(pointer).decode().strip())
+
+
+def save_checkpoint(out: str, state: dict, keep: int) -> str:
+    name = f"step_{state['step']:08d}.pt"
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    path = fileio.join(checkpoint_dir(out), name)
+    fileio.write_bytes(path, buf.getvalue())
+    fileio.write_bytes(fileio.join(checkpoint_dir(out), "latest"), name.encode())  # only after the file is whole
+    old = sorted(m.path for m in _checkpoints(out))[:-keep] if keep > 0 else []
+    for p in old:
+        fileio.delete_if_exists(p)
+    return path
+
+
+def _checkpoints(out: str):
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.match([fileio.join(checkpoint_dir(out), "step_*.pt")])[0].metadata_list
+
+
+def load_checkpoint(path: str, device: torch.device | str = "cpu") -> dict:
+    try:
+        return torch.load(io.BytesIO(fileio.read_bytes(path)), map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable wit checkpoint ({e})") from e
+
+
+def prepare_tokenizer(cfg: TrainConfig, shards: list[str], dist_: Dist) -> Tokenizer:
+    path = cfg.tokenizer or fileio.join(cfg.out, "tokenizer.json")
+    if not fileio.exists(path):
+        if cfg.tokenizer:
+            raise ValueError(f"--tokenizer {path}: no such file")
+        if dist_.main:
+            print(f"no tokenizer at {path}: training a byte-level BPE ({cfg.vocab_size} tokens) on the captions")
+            tok = train_tokenizer(iter_captions(shards), vocab_size=cfg.vocab_size)
+            tok.save(path)
+        dist_.barrier()
+    tok = Tokenizer.load(path)
+    if cfg.tokenizer and dist_.main:
+        tok.save(fileio.join(cfg.out, "tokenizer.json"))  # next to the checkpoints, so eval finds it
+    return tok
+
+
+def iter_captions(shards: list[str]):
+    for path in shards:
+        for sample in data.iter_tar(path, lambda e: True):
+            try:
+                yield data.caption(sample)
+            except data.CorruptSample:
+                continue
+
+
+def build_model(cfg: TrainConfig, tok: Tokenizer) -> tuple[CLIPConfig, CLIP]:
+    model_cfg = config(cfg.model).with_vocab(tok.vocab_size, tok.eot_id)
+    torch.manual_seed(cfg.seed)
+    return model_cfg, CLIP(model_cfg)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Trains to `cfg.steps` (resuming from OUT/checkpoints if there is one) and returns a summary."""
+    d = setup_distributed(cfg.device)
+    shards = data.list_shards(cfg.shards)
+    tok = prepare_tokenizer(cfg, shards, d)
+    model_cfg, model = build_model(cfg, tok)
+    model.to(d.device)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup, cfg.steps))
+
+    step, loader_states = 0, None
+    resume_from = latest_checkpoint(cfg.out) if cfg.resume else None
+    if resume_from:
+        ckpt = load_checkpoint(resume_from, d.device)
+        if ckpt["model_config"] != model_cfg.to_dict():
+            raise ValueError(f"{resume_from} holds a different model than --model {cfg.model}; use another --out")
+        if ckpt["shards"] != shards or ckpt["world_size"] != d.world_size:
+            raise ValueError(f"{resume_from} was trained on other shards or another number of ranks "
+                             f"({ckpt['world_size']}); resume with the same ones or use another --out")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        step, loader_states = ckpt["step"], ckpt["loader"]
+        if d.main:
+            print(f"resuming from {resume_from} at step {step}")
+
+    loader = data.Loader(
+        data.StreamConfig(tuple(shards), cfg.batch_size, model_cfg.vision.image_size, tok.to_str(), cfg.seed,
+                          cfg.shuffle_buffer, cfg.min_crop_scale, d.rank, d.world_size, cfg.workers),
+        data.LoaderState.from_dict(loader_states[d.rank]) if loader_states else None)
+
+    train_model: nn.Module = model
+    if d.world_size > 1:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+
+    writer = _tensorboard(cfg.out) if d.main else None
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and d.main), unit="step", dynamic_ncols=True)
+    losses: list[float] = []
+    window_start, window_samples = time.perf_counter(), 0
+    model.train()
+    end = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
+    try:
+        while step < end:
+            batch = next(loader)
+            images = batch["images"].to(d.device, non_blocking=True)
+            tokens = batch["tokens"].to(d.device, non_blocking=True)
+            with autocast(d.device, cfg.precision):
+                image_features, text_features, scale = train_model(images, tokens)
+            loss = distributed_clip_loss(image_features, text_features, scale)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            model.clamp_logit_scale()
+            step += 1
+            window_samples += images.shape[0] * d.world_size
+            if step % cfg.log_every == 0 or step == end:
+                value = loss.item()
+                losses.append((step, value))
+                rate = window_samples / (time.perf_counter() - window_start)
+                window_start, window_samples = time.perf_counter(), 0
+                bar.set_postfix(loss=f"{value:.3f}", scale=f"{model.scale().item():.1f}", samples_s=f"{rate:,.0f}")
+                if writer:
+                    for name, v in (("train/loss", value), ("train/lr", scheduler.get_last_lr()[0]),
+                                    ("train/logit_scale", model.scale().item()), ("train/samples_per_s", rate),
+                                    ("data/corrupt_samples", loader.state.corrupt)):
+                        writer.add_scalar(name, v, step)
+            bar.update(1)
+            if step % cfg.save_every == 0 or step == end:
+                _save(cfg, d, model, model_cfg, optimizer, scheduler, step, loader, shards)
+    finally:
+        bar.close()
+    summary = {"steps": step, "final_loss": losses[-1][1] if losses else None, "losses": losses,
+               "corrupt_samples": loader.state.corrupt, "checkpoint": latest_checkpoint(cfg.out)}
+    if d.main and (cfg.val_shards or cfg.zeroshot):
+        from trainer.evaluate import evaluate
+
+        summary["eval"] = evaluate(model, tok, cfg.val_shards, cfg.zeroshot, d.device, cfg.batch_size)
+        if writer:
+            for name, v in _flatten(summary["eval"]).items():
+                writer.add_scalar(f"eval/{name}", v, step)
+    if writer:
+        writer.close()
+    if d.main:
+        fileio.write_bytes(fileio.join(cfg.out, "train_summary.json"), json.dumps(summary, indent=1).encode())
+    d.barrier()
+    return summary
+
+
+def _flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
+    flat = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)):
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def _save(cfg: TrainConfig, d: Dist, model: CLIP, model_cfg: CLIPConfig, optimizer, scheduler, step: int,
+          loader: data.Loader, shards: list[str]) -> None:
+    states = [loader.state.to_dict()]
+    if d.world_size > 1:
+        states = [None] * d.world_size
+        dist.all_gather_object(states, loader.state.to_dict())
+    if d.main:
+        save_checkpoint(cfg.out, {
+            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "loader": states, "model_config": model_cfg.to_dict(),
+            "train_config": json.dumps(asdict(cfg)), "shards": shards, "world_size": d.world_size,
+            "tokenizer": model_tokenizer_json(cfg),
+        }, cfg.keep_checkpoints)
+    d.barrier()
+
+
+def model_tokenizer_json(cfg: TrainConfig) -> str:
+    return fileio.read_bytes(fileio.join(cfg.out, "tokenizer.json")).decode()
+
+
+def _tensorboard(out: str):
+    if "://" in out:
+        log.warning("TensorBoard logs are written for local --out only")
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=os.path.join(out, "tensorboard"))
