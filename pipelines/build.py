@@ -21,7 +21,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import balance, candidates, dedup, shards
+from pipelines import balance, candidates, dedup, shards, textdedup
 from pipelines.download import download_shard
 from pipelines.fetch import FetchOptions
 from pipelines.match import matcher_for, read_queries
@@ -48,6 +48,7 @@ class BuildOptions:
     caption_col: str = "caption"
     threads: int = 32
     near_dup_threshold: int = 4  # Hamming bits on the 64-bit pHash; -1 turns it off
+    caption_dup_threshold: float = 0.0  # estimated Jaccard of caption 3-grams; 0 turns it off
     resize: ResizeOptions = field(default_factory=ResizeOptions)
     fetch: FetchOptions = field(default_factory=FetchOptions)
 
@@ -58,6 +59,8 @@ class BuildOptions:
             raise ValueError(f"--shard-size must be >= 1, got {self.shard_size}")
         if not -1 <= self.near_dup_threshold <= 32:
             raise ValueError(f"--near-dup-threshold must be in -1..32, got {self.near_dup_threshold}")
+        if not 0.0 <= self.caption_dup_threshold <= 1.0:
+            raise ValueError(f"--caption-dup-threshold must be in 0..1, got {self.caption_dup_threshold}")
         if self.input_format not in ("auto",) + candidates.FORMATS:
             raise ValueError(f"--input-format must be auto or one of {', '.join(candidates.FORMATS)}")
 
@@ -111,6 +114,54 @@ def choose_per_url(item):
     if other_captions:
         yield beam.pvalue.TaggedOutput(STATS, ("duplicate_urls", other_captions))
     yield dedup.uid_for(norm_url), best
+
+
+# ---------------------------------------------------------------- caption near-duplicates
+
+CAPTION_REPORT = "caption_near_duplicates.tsv"
+
+
+class CaptionDedup(beam.PTransform):
+    """(uid, PairChoice) -> the same, minus pairs whose caption nearly repeats a kept one's; the drops
+    go to DIR/caption_near_duplicates.tsv."""
+
+    def __init__(self, threshold: float, seed: int, out: str):
+        super().__init__()
+        self.threshold, self.seed, self.out = threshold, seed, out
+
+    def expand(self, pairs):
+        t, seed = self.threshold, self.seed
+        dropped = (
+            pairs
+            | "Sketch" >> beam.Map(lambda kv: textdedup.sketch(kv[0], kv[1].caption, seed))
+            | "CaptionBands" >> beam.FlatMap(lambda s: [(k, s) for k in textdedup.band_keys(s, t)])
+            | "GroupCaptionBand" >> beam.GroupByKey()
+            | "DropsInBucket" >> beam.FlatMap(lambda kv: textdedup.drops_in_bucket(kv[1], t))
+            | "DropByUid" >> beam.Map(lambda d: (d.uid, d))
+            | "OneDropPerUid" >> beam.CombinePerKey(lambda ds: min(ds, key=lambda d: (-d.similarity, d.kept_uid)))
+        )
+        kept = (
+            {"pair": pairs, "dropped": dropped}
+            | "JoinCaptionDrops" >> beam.CoGroupByKey()
+            | "KeepUndropped" >> beam.FlatMap(
+                lambda kv: [] if kv[1]["dropped"] else [(kv[0], p) for p in kv[1]["pair"]])
+        )
+        _ = (dropped
+             | "DroppedList" >> beam.combiners.ToList()
+             | "CaptionReport" >> beam.Map(_write_caption_report, self.out))
+        return kept, dropped
+
+
+def _write_caption_report(dropped: list, out: str) -> None:
+    lines = ["uid\tcaption\tkept_uid\tkept_caption\tsimilarity"]
+    for _uid, d in sorted(dropped):
+        lines.append("\t".join([d.uid, _one_line(d.caption), d.kept_uid, _one_line(d.kept_caption),
+                                f"{d.similarity:.3f}"]))
+    fileio.write_bytes(fileio.join(out, CAPTION_REPORT), ("\n".join(lines) + "\n").encode())
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 # ---------------------------------------------------------------- balance
@@ -331,6 +382,7 @@ class WriteRunStats(beam.DoFn):
             "duplicate_pairs": counts.get("duplicate_pairs", 0),
             "duplicate_urls": counts.get("duplicate_urls", 0),
             "unique_pairs": counts.get("unique_pairs", 0),
+            "caption_near_duplicates": counts.get("caption_near_duplicates", 0),
             "selected": counts.get("selected", 0),
             "downloaded_this_run": counts.get("downloaded", 0),
             **totals,
@@ -384,7 +436,12 @@ def build_pipeline(p: beam.Pipeline, files: Sequence[str], opts: BuildOptions, f
         | "GroupUrl" >> beam.GroupByKey()
         | "ChoosePerUrl" >> beam.FlatMap(choose_per_url).with_outputs(STATS, main="pairs")
     )
-    selected = unique.pairs | "Balance" >> Balance(opts.per_query_cap, opts.seed)
+    to_balance = unique.pairs
+    caption_dups = None
+    if opts.caption_dup_threshold > 0:
+        to_balance, caption_dups = unique.pairs | "CaptionDedup" >> CaptionDedup(
+            opts.caption_dup_threshold, opts.seed, opts.out)
+    selected = to_balance | "Balance" >> Balance(opts.per_query_cap, opts.seed)
 
     bucket_counts = (
         selected
@@ -410,11 +467,14 @@ def build_pipeline(p: beam.Pipeline, files: Sequence[str], opts: BuildOptions, f
         | "WriteShards" >> beam.ParDo(WriteShard(opts.out, finished))
     )
 
+    count_sources = [read[STATS], matched[STATS], unique[STATS], staged[STATS],
+                     _count(read.rejects, "CountRejects", "rejected_rows"),
+                     _count(unique.pairs, "CountUnique", "unique_pairs"),
+                     _count(selected, "CountSelected", "selected")]
+    if caption_dups is not None:
+        count_sources.append(_count(caption_dups, "CountCaptionDups", "caption_near_duplicates"))
     counts = (
-        (read[STATS], matched[STATS], unique[STATS], staged[STATS],
-         _count(read.rejects, "CountRejects", "rejected_rows"),
-         _count(unique.pairs, "CountUnique", "unique_pairs"),
-         _count(selected, "CountSelected", "selected"))
+        tuple(count_sources)
         | "AllCounts" >> beam.Flatten()
         | "SumCounts" >> beam.CombinePerKey(sum)
     )

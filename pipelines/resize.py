@@ -14,6 +14,7 @@ target: the biggest single saving in a resize-bound job.
 from __future__ import annotations
 
 import io
+from typing import Optional
 from dataclasses import dataclass
 
 import imagehash
@@ -84,14 +85,31 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def image_format(data: bytes) -> Optional[str]:
+    """The format the leading bytes announce, whatever the Content-Type claimed."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
 def resize_image(data: bytes, opts: ResizeOptions) -> Resized:
+    if image_format(data) is None:
+        raise ResizeError(f"not a JPEG/PNG/WebP/GIF image: magic bytes {data[:8].hex() or '(empty)'}")
     try:
         img = Image.open(io.BytesIO(data), formats=OPENABLE_FORMATS)
+    except Image.DecompressionBombError as e:  # Pillow's own cap (2x its MAX_IMAGE_PIXELS), read from the header
+        raise ResizeError(f"image over the cap of {opts.max_pixels} pixels (decompression bomb): {e}") from e
     except Exception as e:
         raise ResizeError(f"not a JPEG/PNG/WebP/GIF image: {type(e).__name__}") from e
     ow, oh = img.size
     if ow * oh > opts.max_pixels:
-        raise ResizeError(f"image has {ow}x{oh} pixels, over the cap of {opts.max_pixels}")
+        raise ResizeError(f"image over the cap of {opts.max_pixels} pixels: {ow}x{oh}")
     if min(ow, oh) < opts.min_image_size:
         raise ResizeError(f"image {ow}x{oh} is smaller than {opts.min_image_size}")
     try:

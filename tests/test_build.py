@@ -7,6 +7,7 @@ import os
 import shutil
 import tarfile
 from collections import Counter
+from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
@@ -29,7 +30,7 @@ def _opts(inputs, out, seed=0) -> BuildOptions:
     return BuildOptions(candidates=(str(inputs / "*.parquet"),), queries=str(inputs / "queries.txt"), out=str(out),
                         per_query_cap=CAP, shard_size=SHARD, seed=seed, threads=16,
                         resize=ResizeOptions(image_size=64),
-                        fetch=FetchOptions(timeout=0.6, retries=1, retry_backoff=0.01))
+                        fetch=FetchOptions(timeout=0.6, retries=1, retry_backoff=0.01, allow_private_networks=True))
 
 
 def _samples(out) -> list[dict]:
@@ -179,3 +180,15 @@ def test_missing_inputs_are_clear_errors(built, tmp_path):
         run_build(BuildOptions(**{**opts.__dict__, "candidates": (str(tmp_path / "none*.parquet"),)}), BEAM)
     with pytest.raises(BuildError, match="no such file"):
         run_build(BuildOptions(**{**opts.__dict__, "queries": str(tmp_path / "q.txt")}), BEAM)
+
+
+def test_caption_near_duplicates_are_dropped_before_balancing(built):
+    opts = replace(_opts(built["inputs"], built["root"] / "captions"), caption_dup_threshold=0.9)
+    stats = run_build(opts, BEAM)
+    rows = _samples(built["root"] / "captions")
+    captions = [clean_caption(r["caption"]).lower() for r in rows]
+    assert len(captions) == len(set(captions))  # identical captions are Jaccard 1: one of each is left
+    report = (built["root"] / "captions" / "caption_near_duplicates.tsv").read_text().splitlines()
+    dropped = stats["stages"]["caption_near_duplicates"]
+    assert dropped > 0 and len(report) == 1 + dropped
+    assert stats["stages"]["unique_pairs"] - dropped >= stats["stages"]["selected"]

@@ -5,7 +5,8 @@ from pipelines.fetch import FetchOptions, fetch, opted_out
 from pipelines.resize import ResizeOptions
 from pipelines.shards import Sample
 
-FAST = FetchOptions(timeout=0.5, retries=1, retry_backoff=0.01)
+LOCAL = dict(allow_private_networks=True)  # the synthetic web is on 127.0.0.1
+FAST = FetchOptions(timeout=0.5, retries=1, retry_backoff=0.01, **LOCAL)
 
 
 def test_x_robots_tag_directives():
@@ -49,17 +50,17 @@ def test_html_labelled_or_disguised_is_never_an_image(web_server):
 
 def test_server_errors_are_retried_then_reported(web_server):
     _, server = web_server
-    got = fetch(f"{server.base_url}/error/3.jpg", FetchOptions(timeout=1, retries=2, retry_backoff=0.01))
+    got = fetch(f"{server.base_url}/error/3.jpg", FetchOptions(timeout=1, retries=2, retry_backoff=0.01, **LOCAL))
     assert got.status == "failed" and got.http_status == 500 and got.attempts == 3
-    missing = fetch(f"{server.base_url}/missing/3.jpg", FetchOptions(retries=2, retry_backoff=0.01))
+    missing = fetch(f"{server.base_url}/missing/3.jpg", FetchOptions(retries=2, retry_backoff=0.01, **LOCAL))
     assert missing.attempts == 1  # a 404 is not worth retrying
 
 
 def test_unreachable_host_and_redirect_limit(web_server):
     _, server = web_server
-    closed = fetch("http://127.0.0.1:9/x.jpg", FetchOptions(timeout=0.5, retries=0))
+    closed = fetch("http://127.0.0.1:9/x.jpg", FetchOptions(timeout=0.5, retries=0, **LOCAL))
     assert closed.status == "failed" and closed.error.startswith("connection error")
-    redirected = fetch(f"{server.base_url}/redirect/5.jpg", FetchOptions(max_redirects=0))
+    redirected = fetch(f"{server.base_url}/redirect/5.jpg", FetchOptions(max_redirects=0, **LOCAL))
     assert redirected.status == "failed" and "redirects" in redirected.error
     statuses = Counter(fetch(f"{server.base_url}/redirect/{i}.jpg", FAST).status for i in range(3))
     assert statuses == {"ok": 3}

@@ -112,3 +112,29 @@ def test_tokenizer_command(shard_dir, tmp_path, capsys):
 
     assert Tokenizer.load(str(tmp_path / "t.json")).vocab_size <= 300
     assert "2 shard(s)" in capsys.readouterr().out
+
+
+def test_two_process_ddp_training_under_torchrun(shard_dir, tmp_path):
+    """The real multi-process path: torchrun, gloo on the CPU, the gathered local loss, per-rank loader state."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(port),
+         "-m", "wit.cli", "train", "--shards", str(shard_dir), "--out", str(out), "--model", "tiny-vit",
+         "--vocab-size", "300", "--batch-size", "4", "--steps", "3", "--warmup", "1", "--workers", "1",
+         "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("trained 3 steps") == 1  # rank 0 reports
+    from trainer.train import latest_checkpoint, load_checkpoint
+
+    ckpt = load_checkpoint(latest_checkpoint(str(out)))
+    assert ckpt["world_size"] == 2 and len(ckpt["loader"]) == 2
+    # each rank read its own shard: 3 batches of 4 from one stream each
+    assert [s["streams"] for s in ckpt["loader"]] == [[[0, 12]], [[0, 12]]]

@@ -2,8 +2,8 @@
 
 Each rank scores its own images against every rank's texts (and its texts
 against every image), so the logits are (local x global) rather than global x
-global; the gather keeps its gradient (torch.distributed.nn), which is what
-makes this equal to the single-device loss.
+global; the gather keeps its gradient, which is what makes this equal to the
+single-device loss.
 """
 
 from __future__ import annotations
@@ -13,13 +13,28 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor) -> torch.Tensor:
+        features = features.contiguous()
+        parts = [torch.empty_like(features) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, features)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # features are small (batch x embed): a plain all-reduce works on every backend
+        return grad.chunk(dist.get_world_size(), dim=0)[dist.get_rank()]
+
+
 def gather_features(features: torch.Tensor) -> torch.Tensor:
     """All ranks' features in rank order; gradients flow back to each rank's share."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return features
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(features), dim=0)
+    return _GatherWithGrad.apply(features)
 
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -29,6 +30,10 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     sel = p.add_argument_group("selection")
     sel.add_argument("--per-query-cap", type=int, default=20_000, help="pairs kept per query (default 20000)")
     sel.add_argument("--seed", type=int, default=0, help="seed of the balancing order (default 0)")
+    sel.add_argument("--caption-dup-threshold", type=float, default=0.0,
+                     help="drop pairs whose caption's word-3-gram Jaccard similarity (MinHash LSH) to a kept "
+                          "caption reaches this, e.g. 0.9; 0 (default) keeps them; drops listed in "
+                          "DIR/caption_near_duplicates.tsv")
     sel.add_argument("--near-dup-threshold", type=int, default=4,
                      help="max Hamming distance of 64-bit pHashes counted as near duplicates; -1 disables")
     img = p.add_argument_group("images")
@@ -47,7 +52,14 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     net.add_argument("--max-redirects", type=int, default=5)
     net.add_argument("--max-bytes", type=int, default=32 * 1024 * 1024)
     net.add_argument("--user-agent-token", default="wit",
-                     help="name matched against X-Robots-Tag user-agent-specific directives")
+                     help="name matched against robots.txt groups and X-Robots-Tag user-agent directives")
+    net.add_argument("--allow-private-networks", action="store_true",
+                     help="fetch from loopback, private and link-local addresses (tests, intranets); "
+                          "refused by default, on every redirect hop")
+    net.add_argument("--max-per-host", type=int, default=8, help="concurrent requests to one host per worker")
+    net.add_argument("--max-retry-after", type=float, default=30.0,
+                     help="longest Retry-After (429/503) waited for; longer fails the sample")
+    net.add_argument("--no-robots-txt", action="store_true", help="do not fetch and honour robots.txt")
 
 
 def _build_options(a: argparse.Namespace):
@@ -59,12 +71,15 @@ def _build_options(a: argparse.Namespace):
         candidates=tuple(a.candidates), queries=a.queries, out=a.out, per_query_cap=a.per_query_cap,
         shard_size=a.shard_size, seed=a.seed, input_format=a.input_format, url_col=a.url_col,
         caption_col=a.caption_col, threads=a.threads, near_dup_threshold=a.near_dup_threshold,
+        caption_dup_threshold=a.caption_dup_threshold,
         resize=ResizeOptions(image_size=a.image_size, resize_mode=a.resize_mode,
                              resize_only_if_bigger=a.resize_only_if_bigger, encode_quality=a.encode_quality,
                              max_pixels=a.max_pixels, min_image_size=a.min_image_size),
         fetch=FetchOptions(timeout=a.timeout, retries=a.retries, retry_backoff=a.retry_backoff,
                            max_redirects=a.max_redirects, max_bytes=a.max_bytes,
-                           user_agent_token=a.user_agent_token),
+                           user_agent_token=a.user_agent_token, allow_private_networks=a.allow_private_networks,
+                           max_per_host=a.max_per_host, max_retry_after=a.max_retry_after,
+                           robots_txt=not a.no_robots_txt),
     )
 
 
@@ -175,6 +190,8 @@ def cmd_train(a: argparse.Namespace, beam_args: list[str]) -> int:
         zeroshot=tuple(a.zeroshot),
         device=a.device, progress=not a.no_progress)
     summary = train(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 reports
     if summary.get("eval"):
         from trainer.evaluate import format_results
 

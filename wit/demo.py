@@ -49,7 +49,7 @@ def run_demo(out: str = "wit-demo", count: int = 3000, per_query_cap: int = 150,
         opts = BuildOptions(
             candidates=(fileio.join(inputs, "candidates.parquet"),), queries=fileio.join(inputs, "queries.txt"),
             out=dataset, per_query_cap=per_query_cap, shard_size=shard_size, seed=seed, threads=32,
-            fetch=FetchOptions(timeout=1.5, retries=1, retry_backoff=0.1),
+            fetch=FetchOptions(timeout=1.5, retries=1, retry_backoff=0.1, allow_private_networks=True),
         )
         args = list(beam_args) or ["--runner=DirectRunner", "--direct_num_workers=2",
                                    "--direct_running_mode=multi_threading"]

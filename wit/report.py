@@ -9,6 +9,7 @@ _STAGE_ORDER = (
     ("duplicate_pairs", "  repeated (url, caption)"),
     ("duplicate_urls", "  other captions of a kept url"),
     ("unique_pairs", "unique matched pairs"),
+    ("caption_near_duplicates", "  near-duplicate captions"),
     ("selected", "selected by balancing"),
     ("failed_to_download", "  failed to download"),
     ("failed_to_resize", "  failed to decode/resize"),

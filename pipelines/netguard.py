@@ -1,0 +1,111 @@
+"""Refusing to fetch from private networks (SSRF), checked where the socket connects.
+
+A URL list is untrusted input: a candidate (or a redirect from one) may point at
+127.0.0.1, the cloud metadata service at 169.254.169.254, or an intranet host.
+Checking the URL's host before the request is not enough: DNS can answer
+differently the second time (rebinding) and redirects name new hosts. So the
+check sits in urllib3's connection: it resolves the name once, refuses private,
+loopback, link-local, reserved, multicast and IPv4-mapped/6to4 forms of those,
+and connects to the very address it checked. Every redirect hop opens its own
+connection, so every hop is checked.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Optional
+
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NewConnectionError
+from urllib3.util import connection as u3connection
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    allow_private: bool = False
+    # (ip, port) pairs allowed even though private: a test server, one intranet mirror
+    allowed: frozenset[tuple[str, int]] = field(default_factory=frozenset)
+
+
+class BlockedAddress(NewConnectionError):
+    """The host resolved only to addresses the policy refuses."""
+
+
+def refusal(ip: str) -> Optional[str]:
+    """Why `ip` is not a public unicast address, or None if it is."""
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if addr.version == 6:
+        embedded = addr.ipv4_mapped or addr.sixtofour
+        if embedded is not None:
+            why = refusal(str(embedded))
+            return f"IPv6-embedded {why}" if why else None
+    for what in ("unspecified", "loopback", "link_local", "multicast", "reserved", "private"):
+        if getattr(addr, f"is_{what}"):
+            return f"{what.replace('_', '-')} address {addr}"
+    if not addr.is_global:
+        return f"non-global address {addr}"
+    return None
+
+
+def resolve_allowed(host: str, port: int, policy: NetworkPolicy) -> list[tuple]:
+    """getaddrinfo results the policy allows; raises OSError naming the refusal if none."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    allowed, reasons = [], []
+    for info in infos:
+        ip = info[4][0]
+        why = None if policy.allow_private or (ip, port) in policy.allowed else refusal(ip)
+        if why:
+            reasons.append(why)
+        else:
+            allowed.append(info)
+    if not allowed:
+        raise OSError(f"blocked: {host} resolves to a {reasons[0] if reasons else 'no'} address")
+    return allowed
+
+
+class _Guarded:
+    policy: NetworkPolicy = NetworkPolicy()
+
+    def _new_conn(self) -> socket.socket:  # urllib3 2.x hook: one call per new connection
+        try:
+            infos = resolve_allowed(self._dns_host, self.port, self.policy)
+        except socket.gaierror as e:
+            raise NewConnectionError(self, f"name resolution failed for {self.host}: {e}") from e
+        except OSError as e:
+            raise BlockedAddress(self, str(e)) from None
+        last: Optional[Exception] = None
+        for family, _type, _proto, _name, sockaddr in infos:
+            try:
+                return u3connection.create_connection(sockaddr[:2], self.timeout, source_address=self.source_address,
+                                                      socket_options=self.socket_options)
+            except OSError as e:
+                last = e
+        raise NewConnectionError(self, f"failed to connect to {self.host}: {last}")
+
+
+@lru_cache(maxsize=None)
+def _pool_classes(policy: NetworkPolicy) -> dict[str, type]:
+    http_conn = type("GuardedHTTPConnection", (_Guarded, HTTPConnection), {"policy": policy})
+    https_conn = type("GuardedHTTPSConnection", (_Guarded, HTTPSConnection), {"policy": policy})
+    return {
+        "http": type("GuardedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn}),
+        "https": type("GuardedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn}),
+    }
+
+
+class GuardedAdapter(HTTPAdapter):
+    def __init__(self, policy: NetworkPolicy, **kwargs):
+        self.policy = policy
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _pool_classes(self.policy)
+
+    def proxy_manager_for(self, proxy, **kwargs):
+        raise ValueError("proxies are not supported by the guarded fetcher")

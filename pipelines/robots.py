@@ -1,0 +1,111 @@
+"""robots.txt, fetched once per host and worker process, read as RFC 9309 says.
+
+A 4xx answer means no rules (allow all). An unreachable file (5xx, network
+error, timeout) means the host may not be crawled, as the RFC requires; such a
+host's samples fail with the reason rather than count as opted out, and the
+verdict is kept for a minute only. Redirects are followed up to five hops;
+files are cut at 500 KiB.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Callable, Optional
+from urllib.parse import urljoin, urlsplit
+from urllib.robotparser import RobotFileParser
+
+import requests
+
+if TYPE_CHECKING:
+    from pipelines.fetch import FetchOptions
+
+MAX_BYTES = 500 * 1024
+UNREACHABLE_TTL = 60.0
+ALLOW_ALL = "allow"
+
+
+class Unreachable(str):
+    """Why robots.txt could not be read (a verdict that expires)."""
+
+
+class _Cache:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, str], tuple[object, float]] = {}  # (origin, policy) -> (rules, expiry)
+        self._loading: dict[tuple[str, str], threading.Lock] = {}
+
+    def _fresh(self, k: tuple[str, str]) -> object:
+        entry = self._entries.get(k)
+        return entry[0] if entry is not None and entry[1] > time.monotonic() else None
+
+    def rules(self, origin: str, key: str, load) -> object:
+        k = (origin, key)
+        with self._lock:
+            found = self._fresh(k)
+            if found is not None:
+                return found
+            lock = self._loading.setdefault(k, threading.Lock())
+        with lock:  # one fetch per host, the other threads wait for it
+            with self._lock:
+                found = self._fresh(k)
+                if found is not None:
+                    return found
+            rules = load()
+            ttl = UNREACHABLE_TTL if isinstance(rules, Unreachable) else float("inf")
+            with self._lock:
+                self._entries[k] = (rules, time.monotonic() + ttl)
+            return rules
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+cache = _Cache()
+
+
+describe: Callable[[Exception], str] = str  # set by pipelines.fetch to its error wording
+
+
+def parse(text: str) -> RobotFileParser:
+    parser = RobotFileParser()
+    parser.parse(text.splitlines())
+    return parser
+
+
+def _load(origin: str, opts: "FetchOptions", session: requests.Session, deadline: float) -> object:
+    url = origin + "/robots.txt"
+    try:
+        for _hop in range(5):
+            remaining = max(0.01, deadline - time.monotonic())
+            with session.get(url, timeout=(remaining, remaining), stream=True, allow_redirects=False) as resp:
+                if resp.is_redirect:
+                    url = urljoin(url, resp.headers.get("Location", ""))
+                    continue
+                if 400 <= resp.status_code < 500:
+                    return ALLOW_ALL
+                if resp.status_code != 200:
+                    return Unreachable(f"robots.txt unreachable: http {resp.status_code}")
+                body = b""
+                for chunk in resp.iter_content(65536):
+                    body += chunk
+                    if len(body) >= MAX_BYTES or time.monotonic() > deadline:
+                        break
+                return parse(body[:MAX_BYTES].decode("utf-8", errors="replace"))
+        return ALLOW_ALL  # too many redirects: RFC 9309 treats it as unavailable (4xx)
+    except requests.RequestException as e:
+        return Unreachable(describe(e))
+
+
+def verdict(url: str, opts: "FetchOptions", session: requests.Session, deadline: float) -> Optional[str]:
+    """None if `url` may be fetched; else "disallowed", or why robots.txt could not be read (a 5xx, or the
+    host's connection error, which is then the sample's error too)."""
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    rules = cache.rules(origin, repr(opts.policy), lambda: _load(origin, opts, session, deadline))
+    if isinstance(rules, Unreachable):
+        return str(rules)
+    if rules == ALLOW_ALL or rules.can_fetch(opts.user_agent_token, url):
+        return None
+    return "disallowed"

@@ -1,0 +1,90 @@
+"""Near-duplicate captions: MinHash over word 3-grams, banded LSH, one keeper per bucket.
+
+Templated spam ("Buy cheap X online | SiteName 2019") repeats a caption with
+small edits across thousands of URLs. Each caption's MinHash (datasketch) is
+cut into b bands of r rows, with (b, r) chosen by datasketch's MinHashLSH for
+the threshold; captions sharing a band meet in one bucket, where the
+lowest-priority caption (a seeded hash, so runs are reproducible) is kept and
+every other caption whose estimated Jaccard similarity to it reaches the
+threshold is dropped. The lowest-priority caption of any similar group is
+never dropped, so no group disappears entirely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable
+
+import numpy as np
+from datasketch import LeanMinHash, MinHash, MinHashLSH
+
+from wit.text import match_form
+
+NUM_PERM = 128
+
+
+@dataclass(frozen=True)
+class CaptionSketch:
+    uid: str
+    caption: str
+    priority: bytes
+    hashvalues: bytes  # uint64 MinHash values
+
+
+@dataclass(frozen=True)
+class Dropped:
+    uid: str
+    caption: str
+    kept_uid: str
+    kept_caption: str
+    similarity: float
+
+
+def shingles(caption: str, n: int = 3) -> set[bytes]:
+    """Word n-grams of the matching form; a caption shorter than n words is one shingle."""
+    words = match_form(caption).split()
+    if len(words) < n:
+        return {" ".join(words).encode()}
+    return {" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)}
+
+
+def sketch(uid: str, caption: str, seed: int) -> CaptionSketch:
+    mh = MinHash(num_perm=NUM_PERM, seed=1)
+    mh.update_batch(list(shingles(caption)))
+    values = LeanMinHash(mh).hashvalues.astype(np.uint64).tobytes()
+    priority = hashlib.blake2b(f"{seed}:{uid}".encode(), digest_size=8).digest()
+    return CaptionSketch(uid, caption, priority, values)
+
+
+@lru_cache(maxsize=None)
+def lsh_params(threshold: float) -> tuple[int, int]:
+    """(bands, rows) minimising false positives and negatives at this threshold (datasketch's choice)."""
+    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    return lsh.b, lsh.r
+
+
+def band_keys(s: CaptionSketch, threshold: float) -> list[bytes]:
+    b, r = lsh_params(threshold)
+    values = s.hashvalues
+    step = 8 * r
+    return [i.to_bytes(2, "big") + hashlib.blake2b(values[i * step:(i + 1) * step], digest_size=12).digest()
+            for i in range(b)]
+
+
+def similarity(a: CaptionSketch, b: CaptionSketch) -> float:
+    va = np.frombuffer(a.hashvalues, dtype=np.uint64)
+    vb = np.frombuffer(b.hashvalues, dtype=np.uint64)
+    return float(np.count_nonzero(va == vb)) / len(va)
+
+
+def drops_in_bucket(members: Iterable[CaptionSketch], threshold: float) -> list[Dropped]:
+    members = sorted(members, key=lambda s: (s.priority, s.uid))
+    keeper = members[0]
+    out = []
+    for other in members[1:]:
+        sim = similarity(keeper, other)
+        if sim >= threshold:
+            out.append(Dropped(other.uid, other.caption, keeper.uid, keeper.caption, sim))
+    return out
