@@ -128,9 +128,14 @@ def resize_image(data: bytes, opts: ResizeOptions) -> Resized:
         img = _to_rgb(ImageOps.exif_transpose(img))
     except Exception as e:
         raise ResizeError(f"cannot decode image: {type(e).__name__}: {e}") from e
-    phash = int(str(imagehash.phash(img)), 16)
+    # imagehash shrinks to 32x32 with Lanczos, the costliest step here; an area-average shrink first
+    # makes its own resize a no-op and gives an equally stable hash.
+    phash = int(str(imagehash.phash(img.resize((32, 32), Image.Resampling.BOX))), 16)
     if (tw, th) != img.size:
-        img = img.resize((tw, th), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        # Shrinking: area averaging (BOX), as img2dataset does with OpenCV's INTER_AREA; alias-free
+        # for decimation and ~4x cheaper than Lanczos here. Enlarging: Lanczos.
+        shrink = tw < img.width and th < img.height
+        img = img.resize((tw, th), Image.Resampling.BOX if shrink else Image.Resampling.LANCZOS)
     if opts.resize_mode == "center_crop":
         s = opts.image_size if min(tw, th) >= opts.image_size else min(tw, th)
         left, top = (tw - s) // 2, (th - s) // 2

@@ -192,3 +192,17 @@ def test_caption_near_duplicates_are_dropped_before_balancing(built):
     dropped = stats["stages"]["caption_near_duplicates"]
     assert dropped > 0 and len(report) == 1 + dropped
     assert stats["stages"]["unique_pairs"] - dropped >= stats["stages"]["selected"]
+
+
+def test_report_command_writes_a_self_contained_page(built, tmp_path):
+    import re
+
+    from wit.cli import main
+
+    out = tmp_path / "report.html"
+    assert main(["report", str(built["root"] / "a"), "--out", str(out), "--queries", "3", "--per-query", "2"]) == 0
+    page = out.read_text()
+    assert len(re.findall(r"data:image/png;base64,", page)) == 3  # distribution, statuses, sizes
+    assert page.count("<figure>") == 6  # 3 queries x 2 samples, with their captions
+    assert "failed_to_download" in page and "http N Not Found" in page  # errors grouped by kind
+    assert main(["report", str(tmp_path / "nothing")]) == 2

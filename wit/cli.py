@@ -218,6 +218,14 @@ def cmd_eval(a: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace, beam_args: list[str]) -> int:
+    from wit.html_report import write_report
+
+    path = write_report(a.dir, a.out, a.queries, a.per_query)
+    print(f"wrote {path}")
+    return 0
+
+
 def _add_trainer(sub) -> None:
     from trainer.model import CONFIGS
 
@@ -304,6 +312,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--slow-seconds", type=float, default=3.0)
     s.add_argument("--serve-seconds", type=float, default=-1, help="stop after this long (-1: until Ctrl-C)")
     s.set_defaults(func=cmd_synthweb)
+
+    r = sub.add_parser("report", help="an HTML page of plots and sample images for a built dataset")
+    r.add_argument("dir", help="the --out directory of `wit build`")
+    r.add_argument("--out", help="HTML file to write (default DIR/report.html)")
+    r.add_argument("--queries", type=int, default=8, help="largest queries shown with sample images")
+    r.add_argument("--per-query", type=int, default=6, help="sample images per query")
+    r.set_defaults(func=cmd_report)
 
     _add_queries(sub)
     _add_trainer(sub)

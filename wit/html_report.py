@@ -1,0 +1,185 @@
+"""`wit report DIR`: one self-contained HTML page describing a built dataset.
+
+Plots (matplotlib, embedded as PNG) of the per-query distribution before and
+after balancing, the status breakdown with the commonest errors, the original
+image sizes, and a grid of sample images with their captions for the largest
+queries. Everything is read from the build's own outputs: stats.json,
+query_counts.tsv, the shards' parquet files and tars.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+
+from wit import fileio
+
+STATUS_ORDER = ("success", "failed_to_download", "failed_to_resize", "opted_out", "duplicate", "near_duplicate")
+
+
+@dataclass
+class Dataset:
+    stats: dict
+    queries: list[tuple[int, str, int, int]]  # id, query, matched, selected
+    statuses: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # original (width, height) of successes
+    tars: list[str] = field(default_factory=list)
+
+
+def _error_kind(message: str) -> str:
+    """Errors with their numbers and keys taken out, so the same failure counts once."""
+    return re.sub(r"\d+", "N", message)
+
+
+def load(directory: str) -> Dataset:
+    from pipelines import shards
+
+    stats_path = fileio.join(directory, "stats.json")
+    if not fileio.exists(stats_path):
+        raise ValueError(f"{directory}: no stats.json; is it the --out of a finished `wit build`?")
+    stats = json.loads(fileio.read_bytes(stats_path))
+    queries = []
+    lines = fileio.read_bytes(fileio.join(directory, "query_counts.tsv")).decode().splitlines()[1:]
+    for line in lines:
+        qid, query, matched, selected = line.split("\t")
+        queries.append((int(qid), query, int(matched), int(selected)))
+    data = Dataset(stats, queries)
+    for meta in fileio.match_files([fileio.join(directory, "shards", "*.parquet")], "shard parquet"):
+        table = shards.read_parquet(meta.path, ["status", "error_message", "original_width", "original_height"])
+        for row in table.to_pylist():
+            data.statuses[row["status"]] += 1
+            if row["error_message"]:
+                data.errors[(row["status"], _error_kind(row["error_message"]))] += 1
+            if row["status"] == "success" and row["original_width"]:
+                data.sizes.append((row["original_width"], row["original_height"]))
+        data.tars.append(meta.path[: -len(".parquet")] + ".tar")
+    return data
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def plot_distribution(data: Dataset) -> str:
+    import matplotlib.pyplot as plt
+
+    matched = sorted((m for _, _, m, _ in data.queries if m), reverse=True)
+    selected = sorted((s for _, _, _, s in data.queries if s), reverse=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.loglog(range(1, len(matched) + 1), matched, label="matched (before balancing)")
+    ax.loglog(range(1, len(selected) + 1), selected, label="selected (after balancing)")
+    ax.axhline(data.stats["per_query_cap"], color="grey", linestyle="--", label=f"cap {data.stats['per_query_cap']:,}")
+    ax.set_xlabel("query rank")
+    ax.set_ylabel("pairs")
+    ax.legend()
+    ax.set_title("Pairs per query")
+    return _png(fig)
+
+
+def plot_statuses(data: Dataset) -> str:
+    import matplotlib.pyplot as plt
+
+    names = [s for s in STATUS_ORDER if data.statuses.get(s)] + sorted(set(data.statuses) - set(STATUS_ORDER))
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.barh(names[::-1], [data.statuses[n] for n in names[::-1]], color="tab:blue")
+    for i, n in enumerate(names[::-1]):
+        ax.text(data.statuses[n], i, f" {data.statuses[n]:,}", va="center")
+    ax.set_xlabel("samples")
+    ax.set_title("Status of the selected pairs")
+    return _png(fig)
+
+
+def plot_sizes(data: Dataset) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    if data.sizes:
+        axes[0].hist([w for w, _ in data.sizes], bins=40, color="tab:green")
+        axes[1].hist([h for _, h in data.sizes], bins=40, color="tab:orange")
+    axes[0].set_title("original width (px)")
+    axes[1].set_title("original height (px)")
+    for ax in axes:
+        ax.set_ylabel("images")
+    return _png(fig)
+
+
+def sample_grid(data: Dataset, top_queries: int, per_query: int) -> dict[int, list[tuple[bytes, str]]]:
+    """Up to `per_query` (jpg, caption) for each of the largest queries, in shard order."""
+    wanted = [qid for qid, _, _, s in sorted(data.queries, key=lambda q: (-q[3], q[0])) if s][:top_queries]
+    found: dict[int, list[tuple[bytes, str]]] = {q: [] for q in wanted}
+    for path in data.tars:
+        if all(len(v) >= per_query for v in found.values()):
+            break
+        with tarfile.open(fileobj=io.BytesIO(fileio.read_bytes(path))) as tar:
+            members: dict[str, dict[str, bytes]] = {}
+            for m in tar.getmembers():
+                key, _, ext = m.name.partition(".")
+                members.setdefault(key, {})[ext] = tar.extractfile(m).read()
+        for key in sorted(members):
+            sample = members[key]
+            if not {"jpg", "json", "txt"} <= set(sample):
+                continue
+            meta = json.loads(sample["json"])
+            for qid in meta.get("selected_query_ids", []):
+                if qid in found and len(found[qid]) < per_query:
+                    found[qid].append((sample["jpg"], sample["txt"].decode("utf-8", errors="replace")))
+    return found
+
+
+def render(data: Dataset, top_queries: int = 8, per_query: int = 6) -> str:
+    stages = data.stats.get("stages", {})
+    names = {qid: q for qid, q, _, _ in data.queries}
+    counts = {qid: s for qid, _, _, s in data.queries}
+    esc = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>wit dataset report</title><style>",
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse}td,th{padding:2px 10px;border-bottom:1px solid #ddd;text-align:left}"
+        "td.n{text-align:right}.grid{display:flex;flex-wrap:wrap;gap:8px}"
+        "figure{width:160px;margin:0}figure img{width:160px;height:160px;object-fit:cover}"
+        "figcaption{font-size:12px}</style></head><body>",
+        "<h1>wit dataset report</h1>",
+        f"<p>{data.stats.get('samples_in_tars', 0):,} samples in {data.stats.get('shards', 0)} shard(s); "
+        f"cap {data.stats.get('per_query_cap', 0):,} pairs per query, seed {data.stats.get('seed')}; "
+        f"{sum(1 for q in data.queries if q[2]):,} of {data.stats.get('queries_in_list', 0):,} queries matched.</p>",
+        "<h2>Pairs per stage</h2><table>",
+    ]
+    parts += [f"<tr><td>{esc(k)}</td><td class=n>{v:,}</td></tr>" for k, v in stages.items()]
+    parts += ["</table>", "<h2>Per-query distribution</h2>",
+              f"<img alt='pairs per query' src='data:image/png;base64,{plot_distribution(data)}'>",
+              "<h2>Statuses</h2>", f"<img alt='statuses' src='data:image/png;base64,{plot_statuses(data)}'>",
+              "<table><tr><th>status</th><th>error</th><th>samples</th></tr>"]
+    parts += [f"<tr><td>{esc(s)}</td><td>{esc(e)}</td><td class=n>{n:,}</td></tr>"
+              for (s, e), n in data.errors.most_common(15)]
+    parts += ["</table>", "<h2>Original image sizes</h2>",
+              f"<img alt='image sizes' src='data:image/png;base64,{plot_sizes(data)}'>",
+              "<h2>Samples of the largest queries</h2>"]
+    for qid, samples in sample_grid(data, top_queries, per_query).items():
+        parts.append(f"<h3>{esc(names[qid])} <small>({counts[qid]:,} pairs)</small></h3><div class=grid>")
+        for jpg, caption in samples:
+            parts.append(f"<figure><img src='data:image/jpeg;base64,{base64.b64encode(jpg).decode()}'>"
+                         f"<figcaption>{esc(caption)}</figcaption></figure>")
+        parts.append("</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(directory: str, out: str | None = None, top_queries: int = 8, per_query: int = 6) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on workers and CI
+    path = out or fileio.join(directory, "report.html")
+    fileio.write_bytes(path, render(load(directory), top_queries, per_query).encode("utf-8"))
+    return path
