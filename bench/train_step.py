@@ -31,9 +31,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from trainer.loss import clip_loss  # noqa: E402
 from trainer.model import CLIP, CLIPConfig, config  # noqa: E402
-from trainer.train import TrainConfig, autocast, iter_captions, make_optimizer  # noqa: E402
+from trainer.train import TrainConfig, autocast, iter_captions, make_optimizer, train_step  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -57,13 +56,7 @@ def wit_step(model: CLIP, compiled: bool, device: torch.device, precision: str, 
     forward = torch.compile(model) if compiled else model
 
     def step(images: torch.Tensor, tokens: torch.Tensor) -> None:
-        with autocast(device, precision):
-            img, txt, scale = forward(images, tokens)
-        loss = clip_loss(img, txt, scale)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        model.clamp_logit_scale()
+        train_step(forward, model, opt, images, tokens, device, precision)  # the trainer's own step
 
     return step
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from typing import Optional
@@ -102,11 +103,12 @@ def _session(opts: FetchOptions) -> requests.Session:
 
 
 class _HostSlots:
-    """Per-host semaphores: a shard full of one site's URLs must not open 32 connections to it."""
+    """Per-host semaphores: a shard full of one site's URLs must not open 32 connections to it.
+    Held weakly: a host's semaphore lives while some thread uses it, so millions of hosts cost nothing."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._slots: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+        self._slots: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
     def get(self, host: str, limit: int) -> threading.BoundedSemaphore:
         with self._lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Callable, Optional
 from urllib.parse import urljoin, urlsplit
 from urllib.robotparser import RobotFileParser
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 MAX_BYTES = 500 * 1024
 UNREACHABLE_TTL = 60.0
+MAX_HOSTS = 100_000  # per worker process; the least recently used are forgotten
 ALLOW_ALL = "allow"
 
 
@@ -32,12 +34,16 @@ class Unreachable(str):
 class _Cache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[tuple[str, str], tuple[object, float]] = {}  # (origin, policy) -> (rules, expiry)
+        # (origin, policy) -> (rules, expiry), least recently used first
+        self._entries: OrderedDict[tuple[str, str], tuple[object, float]] = OrderedDict()
         self._loading: dict[tuple[str, str], threading.Lock] = {}
 
     def _fresh(self, k: tuple[str, str]) -> object:
         entry = self._entries.get(k)
-        return entry[0] if entry is not None and entry[1] > time.monotonic() else None
+        if entry is None or entry[1] <= time.monotonic():
+            return None
+        self._entries.move_to_end(k)
+        return entry[0]
 
     def rules(self, origin: str, key: str, load) -> object:
         k = (origin, key)
@@ -55,6 +61,10 @@ class _Cache:
             ttl = UNREACHABLE_TTL if isinstance(rules, Unreachable) else float("inf")
             with self._lock:
                 self._entries[k] = (rules, time.monotonic() + ttl)
+                self._entries.move_to_end(k)
+                while len(self._entries) > MAX_HOSTS:
+                    self._entries.popitem(last=False)
+                self._loading.pop(k, None)
             return rules
 
     def clear(self) -> None:

@@ -200,6 +200,19 @@ def build_model(cfg: TrainConfig, tok: Tokenizer) -> tuple[CLIPConfig, CLIP]:
     return model_cfg, CLIP(model_cfg)
 
 
+def train_step(forward: nn.Module, model: CLIP, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+               tokens: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+    """One optimizer step; `forward` is the model as wrapped for running (DDP, compiled), `model` the bare one."""
+    with autocast(device, precision):
+        image_features, text_features, scale = forward(images, tokens)
+    loss = distributed_clip_loss(image_features, text_features, scale)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    model.clamp_logit_scale()
+    return loss
+
+
 def train(cfg: TrainConfig) -> dict:
     """Trains to `cfg.steps` (resuming from OUT/checkpoints if there is one) and returns a summary."""
     d = setup_distributed(cfg.device)
@@ -242,7 +255,7 @@ def train(cfg: TrainConfig) -> dict:
 
     writer = _tensorboard(cfg.out) if d.main else None
     bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and d.main), unit="step", dynamic_ncols=True)
-    losses: list[float] = []
+    losses: list[tuple[int, float]] = []
     window_start, window_samples = time.perf_counter(), 0
     model.train()
     end = min(cfg.steps, cfg.stop_after) if cfg.stop_after else cfg.steps
@@ -251,14 +264,8 @@ def train(cfg: TrainConfig) -> dict:
             batch = next(loader)
             images = batch["images"].to(d.device, non_blocking=True)
             tokens = batch["tokens"].to(d.device, non_blocking=True)
-            with autocast(d.device, cfg.precision):
-                image_features, text_features, scale = train_model(images, tokens)
-            loss = distributed_clip_loss(image_features, text_features, scale)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(train_model, model, optimizer, images, tokens, d.device, cfg.precision)
             scheduler.step()
-            model.clamp_logit_scale()
             step += 1
             window_samples += images.shape[0] * d.world_size
             if step % cfg.log_every == 0 or step == end:

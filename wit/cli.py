@@ -196,8 +196,9 @@ def cmd_train(a: argparse.Namespace, beam_args: list[str]) -> int:
         from trainer.evaluate import format_results
 
         print(format_results(summary["eval"]))
-    print(f"trained {summary['steps']} steps (last loss {summary['final_loss']:.4f}); "
-          f"checkpoint {summary['checkpoint']}; corrupt samples skipped: {summary['corrupt_samples']}")
+    loss = "" if summary["final_loss"] is None else f" (last loss {summary['final_loss']:.4f})"
+    print(f"trained {summary['steps']} steps{loss}; checkpoint {summary['checkpoint']}; "
+          f"corrupt samples skipped: {summary['corrupt_samples']}")
     return 0
 
 
