@@ -31,5 +31,6 @@ def test_demo_runs_end_to_end(tmp_path):
     # then a tiny CLIP trains on all shards but the last and is evaluated on held-out drawings
     assert "retrieval on" in proc.stdout and "zeroshot/colour-shapes: top-1" in proc.stdout
     assert (out / "train" / "checkpoints" / "latest").exists()
+    assert (out / "dataset" / "report.html").exists() and "demo finished in" in proc.stdout
     assert (out / "dataset" / "stats.json").exists()
     assert list((out / "dataset" / "shards").glob("*.tar"))

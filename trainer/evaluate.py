@@ -10,7 +10,6 @@ image, and reports recall@1/5/10 in both directions.
 
 from __future__ import annotations
 
-import io
 import os
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -181,21 +180,18 @@ def write_classification_set(directory: str, classnames: Sequence[str], template
                              samples: Iterable[tuple[bytes, int]], shard_size: int = 1000,
                              image_ext: str = "jpg") -> int:
     """Writes a clip_benchmark-style set (used by the demo; handy for any labelled images)."""
-    import tarfile
+    from webdataset import TarWriter
 
     fileio.write_bytes(fileio.join(directory, CLASSNAMES), ("\n".join(classnames) + "\n").encode())
     fileio.write_bytes(fileio.join(directory, TEMPLATES), ("\n".join(templates) + "\n").encode())
     count = 0
     for shard, batch in enumerate(_batches(samples, shard_size)):
         with fileio.atomic_open(fileio.join(directory, f"{shard:05d}.tar")) as f:
-            with tarfile.open(fileobj=f, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-                for image, label in batch:
-                    key = f"{count:08d}"
-                    for ext, payload in ((image_ext, image), ("cls", str(label).encode())):
-                        info = tarfile.TarInfo(f"{key}.{ext}")
-                        info.size = len(payload)
-                        tar.addfile(info, io.BytesIO(payload))
-                    count += 1
+            writer = TarWriter(f, encoder=False, mtime=0.0)
+            for image, label in batch:
+                writer.write({"__key__": f"{count:08d}", image_ext: image, "cls": str(label).encode()})
+                count += 1
+            writer.close()
     return count
 
 

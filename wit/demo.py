@@ -56,13 +56,19 @@ def run_demo(out: str = "wit-demo", count: int = 3000, per_query_cap: int = 150,
         print(f"running `wit build` with Beam ({' '.join(args)}) ...")
         stats = run_build(opts, args)
     print(summary(stats, dataset))
-    print(f"demo finished in {time.monotonic() - started:.0f}s; inputs in {inputs}")
+    print(f"dataset built in {time.monotonic() - started:.0f}s; inputs in {inputs}")
+    from wit.html_report import write_report
+
+    report = write_report(dataset)
+    print(f"dataset report (plots, sample images): {report}")
     results = {"stats": stats, "faults": dict(faults)}
     if train_steps > 0:
         results["train"] = train_demo(dataset, os.path.join(out, "train"), os.path.join(out, "zeroshot"),
                                       train_steps, model, seed)
     with open(os.path.join(out, "demo.json"), "w") as f:
         json.dump(results, f, indent=1)
+    print(f"demo finished in {time.monotonic() - started:.0f}s: shards in {dataset}/shards, report {report}"
+          + (f", model in {out}/train" if train_steps > 0 else "") + f"; everything in {out}/")
     return results
 
 
@@ -105,8 +111,9 @@ def train_demo(dataset: str, out: str, zeroshot_dir: str, steps: int, model: str
     if len(shards) < 2:
         raise ValueError(f"the demo dataset has {len(shards)} shard(s); training needs one to hold out")
     sets = write_zeroshot_sets(zeroshot_dir, seed)
-    train_samples = sum(shards_mod.status_count(json.loads(fileio.read_bytes(p[:-len(".tar")] + "_stats.json")),
-                                                "success") for p in shards[:-1])
+    numbers = [int(p.rsplit("/", 1)[-1][: -len(".tar")]) for p in shards[:-1]]
+    train_samples = sum(shards_mod.status_count(json.loads(fileio.read_bytes(shards_mod.paths(dataset, n)["stats"])),
+                                                "success") for n in numbers)
     batch = min(128, max(4, train_samples // 4))
     workers = 2 if len(shards) > 2 and train_samples >= 8 * batch else 1
     print(f"training {model} on {len(shards) - 1} shard(s) for {steps} steps on the CPU "
