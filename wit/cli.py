@@ -297,9 +297,9 @@ def parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="build a small dataset from the bundled synthetic web, then train a tiny CLIP")
     d.add_argument("--out", default="wit-demo", help="demo directory (default ./wit-demo, replaced each run)")
-    d.add_argument("--count", type=int, default=3000, help="candidate pairs to generate")
+    d.add_argument("--count", type=int, default=6000, help="candidate pairs to generate")
     d.add_argument("--per-query-cap", type=int, default=150)
-    d.add_argument("--shard-size", type=int, default=500)
+    d.add_argument("--shard-size", type=int, default=1000)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--train-steps", type=int, default=400, help="steps of the tiny CLIP trained afterwards (0: skip)")
     d.add_argument("--model", default="tiny-vit", help="model the demo trains (default tiny-vit)")

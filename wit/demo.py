@@ -34,7 +34,7 @@ def _fresh_dir(out: str) -> None:
     open(os.path.join(out, _MARKER), "w").close()
 
 
-def run_demo(out: str = "wit-demo", count: int = 3000, per_query_cap: int = 150, shard_size: int = 500,
+def run_demo(out: str = "wit-demo", count: int = 6000, per_query_cap: int = 150, shard_size: int = 1000,
              seed: int = 0, beam_args: Sequence[str] = (), train_steps: int = 400, model: str = "tiny-vit") -> dict:
     _fresh_dir(out)
     inputs, dataset = os.path.join(out, "inputs"), os.path.join(out, "dataset")
