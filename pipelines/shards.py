@@ -15,7 +15,7 @@ import io
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -138,6 +138,21 @@ def write_tar(path: str, samples: Sequence[Sample]) -> None:
                 "json": json.dumps(s.metadata(), sort_keys=True, ensure_ascii=False).encode("utf-8"),
             })
         writer.close()
+
+
+def iter_tar(path: str, on_error: Callable[[Exception], bool]) -> Iterator[dict]:
+    """Samples of one tar, streamed and grouped as webdataset does (key = name up to the first dot):
+    {"__key__", "__url__", "jpg": bytes, ...}. Unreadable parts go to `on_error` (return True to go on)."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    try:
+        stream = fileio.open_read(path)
+    except Exception as e:
+        on_error(OSError(f"{path}: {e}"))
+        return
+    with stream:
+        yield from group_by_keys(tar_file_expander([{"url": path, "stream": stream}], handler=on_error),
+                                 handler=on_error)
 
 
 def write_shard(out_dir: str, shard: int, samples: Sequence[Sample]) -> dict:

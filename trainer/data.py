@@ -21,16 +21,14 @@ import logging
 import os
 import random
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from pipelines.shards import iter_tar
 from wit import fileio
 
 log = logging.getLogger(__name__)
@@ -51,18 +49,6 @@ def list_shards(patterns: Sequence[str]) -> list[str]:
             p = fileio.join(p, "*.tar")
         expanded.append(p)
     return [m.path for m in fileio.match_files(expanded, "shards")]
-
-
-def iter_tar(path: str, on_error: Callable[[Exception], bool]) -> Iterator[dict]:
-    """Samples of one tar as webdataset groups them (key = name up to the first dot)."""
-    try:
-        stream = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    except Exception as e:
-        on_error(OSError(f"{path}: {e}"))
-        return
-    with stream:
-        yield from group_by_keys(tar_file_expander([{"url": path, "stream": stream}], handler=on_error),
-                                 handler=on_error)
 
 
 def image_bytes(sample: dict) -> bytes:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipelines.shards import iter_tar
 from trainer import data
 from trainer.model import CLIP, CLIPConfig
 from trainer.tokenizer import Tokenizer
@@ -47,7 +48,7 @@ def _eval_samples(shards: Sequence[str], errors: list) -> Iterator[dict]:
         return True
 
     for path in shards:
-        yield from data.iter_tar(path, on_error)
+        yield from iter_tar(path, on_error)
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:

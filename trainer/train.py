@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from pipelines.shards import iter_tar
 from trainer import data
 from trainer.loss import distributed_clip_loss
 from trainer.model import CLIP, CLIPConfig, config
@@ -187,7 +188,7 @@ def prepare_tokenizer(cfg: TrainConfig, shards: list[str], dist_: Dist) -> Token
 
 def iter_captions(shards: list[str]):
     for path in shards:
-        for sample in data.iter_tar(path, lambda e: True):
+        for sample in iter_tar(path, lambda e: True):
             try:
                 yield data.caption(sample)
             except data.CorruptSample:

@@ -53,8 +53,13 @@ def write_bytes(path: str, data: bytes) -> None:
         f.write(data)
 
 
+def open_read(path: str) -> BinaryIO:
+    """A binary stream of the file as stored (no decompression by extension)."""
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
 def read_bytes(path: str) -> bytes:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with open_read(path) as f:
         return f.read()
 
 

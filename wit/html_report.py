@@ -14,7 +14,6 @@ import html
 import io
 import json
 import re
-import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -119,20 +118,15 @@ def sample_grid(data: Dataset, top_queries: int, per_query: int) -> dict[int, li
     """Up to `per_query` (jpg, caption) for each of the largest queries, in shard order."""
     wanted = [qid for qid, _, _, s in sorted(data.queries, key=lambda q: (-q[3], q[0])) if s][:top_queries]
     found: dict[int, list[tuple[bytes, str]]] = {q: [] for q in wanted}
+    from pipelines.shards import iter_tar
+
     for path in data.tars:
-        if all(len(v) >= per_query for v in found.values()):
-            break
-        with tarfile.open(fileobj=io.BytesIO(fileio.read_bytes(path))) as tar:
-            members: dict[str, dict[str, bytes]] = {}
-            for m in tar.getmembers():
-                key, _, ext = m.name.partition(".")
-                members.setdefault(key, {})[ext] = tar.extractfile(m).read()
-        for key in sorted(members):
-            sample = members[key]
+        for sample in iter_tar(path, lambda e: True):  # streamed: stops reading once every query is filled
+            if all(len(v) >= per_query for v in found.values()):
+                return found
             if not {"jpg", "json", "txt"} <= set(sample):
                 continue
-            meta = json.loads(sample["json"])
-            for qid in meta.get("selected_query_ids", []):
+            for qid in json.loads(sample["json"]).get("selected_query_ids", []):
                 if qid in found and len(found[qid]) < per_query:
                     found[qid].append((sample["jpg"], sample["txt"].decode("utf-8", errors="replace")))
     return found
