@@ -67,7 +67,7 @@ class Hostile(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, internal_port: int):
+    def __init__(self, internal_port: int, robots_status: int = 200):
         self.counts: dict[str, int] = {}
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
@@ -100,7 +100,7 @@ class Hostile(ThreadingHTTPServer):
                 internal = f"127.0.0.1:{internal_port}"
                 try:
                     if path == "/robots.txt":
-                        self.send(200, b"User-agent: *\nDisallow: /private/\n", "text/plain")
+                        self.send(robots_status, b"User-agent: *\nDisallow: /private/\n", "text/plain")
                     elif path.startswith("/ok/") or path.startswith("/private/"):
                         self.send(body=JPEG)
                     elif path == "/drip.jpg":
@@ -319,3 +319,29 @@ def test_tls_errors_are_a_status_not_a_crash(tmp_path):
     finally:
         hostile.shutdown()
         hostile.server_close()
+
+
+@pytest.mark.parametrize("status,expected", [(404, ("ok", None)),
+                                             (503, ("failed", "robots.txt unreachable: http 503"))])
+def test_robots_txt_answers_follow_rfc_9309(status, expected):
+    """4xx: no rules, everything may be fetched; 5xx: the host may not be crawled (and the sample says why)."""
+    server = Hostile(9, robots_status=status)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        robots.cache.clear()
+        got = fetch(f"http://127.0.0.1:{server.server_address[1]}/private/a.jpg", _opts(server))
+        assert (got.status, got.error) == expected
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_retry_after_takes_seconds_or_an_http_date():
+    from email.utils import format_datetime
+
+    from pipelines.fetch import retry_after_seconds
+
+    assert retry_after_seconds("120") == 120.0
+    soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=30)
+    assert 25 <= retry_after_seconds(format_datetime(soon, usegmt=True)) <= 31
+    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
