@@ -30,7 +30,8 @@ def _opts(inputs, out, seed=0) -> BuildOptions:
     return BuildOptions(candidates=(str(inputs / "*.parquet"),), queries=str(inputs / "queries.txt"), out=str(out),
                         per_query_cap=CAP, shard_size=SHARD, seed=seed, threads=16,
                         resize=ResizeOptions(image_size=64),
-                        fetch=FetchOptions(timeout=0.6, retries=1, retry_backoff=0.01, allow_private_networks=True))
+                        # 1.2 s: only the server's deliberately slow (2 s) URLs time out, even on a loaded machine
+                        fetch=FetchOptions(timeout=1.2, retries=1, retry_backoff=0.01, allow_private_networks=True))
 
 
 def _samples(out) -> list[dict]:

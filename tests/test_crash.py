@@ -14,7 +14,7 @@ from pathlib import Path
 def _build(inputs: Path, out: Path) -> subprocess.Popen:
     args = [sys.executable, "-m", "wit.cli", "build", "--candidates", str(inputs / "candidates.parquet"),
             "--queries", str(inputs / "queries.txt"), "--out", str(out), "--per-query-cap", "40",
-            "--shard-size", "100", "--image-size", "64", "--threads", "16", "--timeout", "0.6", "--retries", "1",
+            "--shard-size", "100", "--image-size", "64", "--threads", "16", "--timeout", "1.2", "--retries", "1",
             "--retry-backoff", "0.01", "--allow-private-networks", "--runner=DirectRunner"]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 

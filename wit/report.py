@@ -13,11 +13,14 @@ _STAGE_ORDER = (
     ("selected", "selected by balancing"),
     ("failed_to_download", "  failed to download"),
     ("failed_to_resize", "  failed to decode/resize"),
-    ("opted_out", "  opted out (X-Robots-Tag)"),
+    ("opted_out", "  opted out (robots.txt, X-Robots-Tag)"),
     ("duplicate", "  duplicate images"),
     ("near_duplicate", "  near-duplicate images"),
     ("success", "samples in the shards"),
 )
+
+
+_OPTIONAL = frozenset({"caption_near_duplicates"})  # shown when the stage ran and dropped something
 
 
 def _pairs(items: list) -> str:
@@ -28,7 +31,8 @@ def summary(stats: dict, out: str) -> str:
     stages = stats["stages"]
     width = max(len(label) for _, label in _STAGE_ORDER)
     lines = ["pairs per stage:"]
-    lines += [f"  {label:<{width}}  {stages.get(key, 0):>9,}" for key, label in _STAGE_ORDER]
+    lines += [f"  {label:<{width}}  {stages.get(key, 0):>9,}" for key, label in _STAGE_ORDER
+              if key not in _OPTIONAL or stages.get(key)]
     before, after = stats["per_query_before_balancing"], stats["per_query_after_balancing"]
     lines.append(f"queries: {before.get('queries', 0):,} of {stats['queries_in_list']:,} matched something; "
                  f"cap {stats['per_query_cap']:,}, reached by {after.get('at_cap', 0):,}")
