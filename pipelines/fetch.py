@@ -19,7 +19,8 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from pipelines import robots
-from pipelines.netguard import BlockedAddress, GuardedAdapter, NetworkPolicy
+from pipelines.netguard import GuardedAdapter, NetworkPolicy
+from pipelines.responses import describe, read_body
 from wit import USER_AGENT
 
 # img2dataset's defaults: the directives by which sites opt out of AI datasets.
@@ -173,28 +174,7 @@ def _attempt(url: str, opts: FetchOptions, deadline: float) -> Fetched:
                 return _read(resp, opts, deadline)
         return Fetched("failed", error=f"more than {opts.max_redirects} redirects")
     except requests.RequestException as e:
-        return Fetched("failed", error=describe(e, opts))
-
-
-def describe(e: Exception, opts: Optional[FetchOptions] = None) -> str:
-    """The error message of a failed request; its first word says what kind of failure it was."""
-    if isinstance(e, requests.Timeout):
-        return f"timeout after {opts.timeout:g}s" if opts else "timeout"
-    if isinstance(e, requests.exceptions.SSLError):
-        return f"tls error: {_reason(e)}"
-    if isinstance(e, requests.ConnectionError):
-        return _blocked(e) or f"connection error: {_reason(e)}"
-    return f"{type(e).__name__}: {_reason(e)}"
-
-
-robots.describe = describe
-
-
-def _blocked(e: Exception) -> Optional[str]:
-    reason = getattr(e.args[0], "reason", None) if e.args else None
-    if isinstance(reason, BlockedAddress):
-        return str(reason).split(": ", 1)[-1]  # urllib3 prefixes the connection's repr
-    return None
+        return Fetched("failed", error=describe(e, opts.timeout))
 
 
 def _read(resp: requests.Response, opts: FetchOptions, deadline: float) -> Fetched:
@@ -212,22 +192,12 @@ def _read(resp: requests.Response, opts: FetchOptions, deadline: float) -> Fetch
     length = resp.headers.get("Content-Length")
     if length and length.isdigit() and int(length) > opts.max_bytes:
         return Fetched("failed", error=f"content-length {length} over {opts.max_bytes} bytes", http_status=code)
-    chunks, size = [], 0
-    # read1 returns after one socket read, so a body dripping a byte at a time meets the deadline
-    # (iter_content would block until 64 KiB arrived, each recv well inside the socket timeout).
-    while chunk := resp.raw.read1(65536):
-        size += len(chunk)
-        if size > opts.max_bytes:
-            return Fetched("failed", error=f"body over {opts.max_bytes} bytes", http_status=code)
-        if time.monotonic() > deadline:
-            return Fetched("failed", error=f"timeout: body not complete after {opts.timeout:g}s", http_status=code)
-        chunks.append(chunk)
-    return Fetched("ok", data=b"".join(chunks), http_status=code, final_url=resp.url)
-
-
-def _reason(e: Exception) -> str:
-    text = str(e)
-    return text if len(text) <= 200 else text[:197] + "..."
+    body, cut = read_body(resp, opts.max_bytes, deadline)
+    if cut == "over":
+        return Fetched("failed", error=f"body over {opts.max_bytes} bytes", http_status=code)
+    if cut == "timeout":
+        return Fetched("failed", error=f"timeout: body not complete after {opts.timeout:g}s", http_status=code)
+    return Fetched("ok", data=body, http_status=code, final_url=resp.url)
 
 
 def _retryable(result: Fetched) -> bool:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Optional
 from urllib.parse import urljoin, urlsplit
 from urllib.robotparser import RobotFileParser
 
 import requests
+
+from pipelines.responses import describe, read_body
 
 if TYPE_CHECKING:
     from pipelines.fetch import FetchOptions
@@ -75,9 +77,6 @@ class _Cache:
 cache = _Cache()
 
 
-describe: Callable[[Exception], str] = str  # set by pipelines.fetch to its error wording
-
-
 def parse(text: str) -> RobotFileParser:
     parser = RobotFileParser()
     parser.parse(text.splitlines())
@@ -97,11 +96,7 @@ def _load(origin: str, opts: "FetchOptions", session: requests.Session, deadline
                     return ALLOW_ALL
                 if resp.status_code != 200:
                     return Unreachable(f"robots.txt unreachable: http {resp.status_code}")
-                body = b""
-                for chunk in resp.iter_content(65536):
-                    body += chunk
-                    if len(body) >= MAX_BYTES or time.monotonic() > deadline:
-                        break
+                body, _cut = read_body(resp, MAX_BYTES, deadline)  # a cut file is read as far as it came
                 return parse(body[:MAX_BYTES].decode("utf-8", errors="replace"))
         return ALLOW_ALL  # too many redirects: RFC 9309 treats it as unavailable (4xx)
     except requests.RequestException as e:

@@ -99,6 +99,8 @@ class Hostile(ThreadingHTTPServer):
                     seen = server.counts[path]
                 internal = f"127.0.0.1:{internal_port}"
                 try:
+                    if path == "/robots.txt" and robots_status == 0:  # 0: drip it, like /drip.jpg
+                        path = "/drip.jpg"
                     if path == "/robots.txt":
                         self.send(robots_status, b"User-agent: *\nDisallow: /private/\n", "text/plain")
                     elif path.startswith("/ok/") or path.startswith("/private/"):
@@ -345,3 +347,17 @@ def test_retry_after_takes_seconds_or_an_http_date():
     soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=30)
     assert 25 <= retry_after_seconds(format_datetime(soon, usegmt=True)) <= 31
     assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+
+
+def test_a_dripping_robots_txt_cannot_hold_the_fetch_past_its_deadline():
+    server = Hostile(9, robots_status=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        robots.cache.clear()
+        started = time.monotonic()
+        fetch(f"http://127.0.0.1:{server.server_address[1]}/ok/1.jpg", _opts(server, retries=0))
+        assert time.monotonic() - started < 3  # the 1 s deadline, not the 50 s the drip would take
+    finally:
+        server.stop.set()
+        server.shutdown()
+        server.server_close()
