@@ -151,16 +151,11 @@ def save_checkpoint(out: str, state: dict, keep: int) -> str:
     path = fileio.join(checkpoint_dir(out), name)
     fileio.write_bytes(path, buf.getvalue())
     fileio.write_bytes(fileio.join(checkpoint_dir(out), "latest"), name.encode())  # only after the file is whole
-    old = sorted(m.path for m in _checkpoints(out))[:-keep] if keep > 0 else []
+    pattern = fileio.join(checkpoint_dir(out), "step_*.pt")  # matches at least the one just written
+    old = [m.path for m in fileio.match_files([pattern], "checkpoints")][:-keep] if keep > 0 else []
     for p in old:
         fileio.delete_if_exists(p)
     return path
-
-
-def _checkpoints(out: str):
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.match([fileio.join(checkpoint_dir(out), "step_*.pt")])[0].metadata_list
 
 
 def load_checkpoint(path: str, device: torch.device | str = "cpu") -> dict:
