@@ -1,9 +1,31 @@
+import random
+
+import pytest
+
 from pipelines.match import QueryMatcher, read_queries
+from wit.text import match_form
 
 
-def test_whole_word_and_phrase_matches_only():
+def reference(queries: list[str], caption: str) -> tuple[int, ...]:
+    """Every word n-gram of the caption looked up, in reading order: by the word a match ends at,
+    longer first, ids ascending within a form, each id once. Independent of the automaton."""
+    forms: dict[str, list[int]] = {}
+    for qid, q in enumerate(queries):
+        if match_form(q):
+            forms.setdefault(match_form(q), []).append(qid)
+    words = match_form(caption).split()
+    out: list[int] = []
+    for end in range(len(words)):
+        for n in range(end + 1, 0, -1):
+            for qid in forms.get(" ".join(words[end - n + 1:end + 1]), []):
+                if qid not in out:
+                    out.append(qid)
+    return tuple(out)
+
+
+def test_whole_word_and_phrase_matches_only_in_reading_order():
     m = QueryMatcher(["circle", "red circle", "red", "cat", "new york"])
-    assert m.match("A Red-Circle!") == (0, 1, 2)
+    assert m.match("A Red-Circle!") == (2, 1, 0)
     assert m.match("circles and concatenation") == ()
     assert m.match("I love New  York") == (4,)
     assert m.match("cat cat") == (3,)
@@ -12,11 +34,56 @@ def test_whole_word_and_phrase_matches_only():
 
 def test_overlapping_queries_all_reported_and_duplicate_queries_share_matches():
     m = QueryMatcher(["a b", "b c", "A B", "", "c"])
-    assert m.match("a b c") == (0, 1, 2, 4)
+    assert m.match("a b c") == (0, 2, 1, 4)
+
+
+def test_failure_links_find_matches_inside_a_longer_partial_match():
+    queries = ["a b c d", "b c", "c d e", "d"]
+    m = QueryMatcher(queries)
+    for caption in ["a b c d e", "a b c x", "a b c d", "b c d e f", "a a b c d"]:
+        assert m.match(caption) == reference(queries, caption), caption
+
+
+def test_long_words_unicode_and_punctuation():
+    queries = ["elephantine", "Café", "straße", "ΣΟΦΙΑ", "rock_n_roll", "x", "supercalifragilistic words"]
+    m = QueryMatcher(queries)
+    assert m.match("Elephantine!") == (0,)
+    assert m.match("elephantinx elephantines") == ()  # same length and one longer: the bytes decide
+    assert m.match("CAFÉ au lait, STRASSE") == (1, 2)
+    assert m.match("σοφια") == (3,)
+    assert m.match("Rock-n-Roll x") == (4, 5)
+    assert m.match("SUPERCALIFRAGILISTIC  words.") == (6,)
 
 
 def test_empty_query_list_matches_nothing():
     assert QueryMatcher([]).match("anything") == ()
+    assert list(QueryMatcher([""]).match_many(["a", ""])) == [(), ()]
+
+
+def test_batch_equals_caption_by_caption_and_grows_past_its_first_guess():
+    # 300 queries with one form: a one-word caption yields more ids than the kernel's first buffer.
+    queries = ["same"] * 300 + ["other"]
+    m = QueryMatcher(queries)
+    batch = ["same", "nothing", "Other same", ""]
+    got = m.match_many(batch)
+    assert len(got) == 4
+    assert got[0] == tuple(range(300))
+    assert got[2] == (300, *range(300))
+    assert list(got) == [m.match(c) for c in batch]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_queries_and_captions_agree_with_the_reference(seed):
+    rng = random.Random(seed)
+    vocab = ["a", "b", "the", "red", "circle", "new", "york", "café", "naïve", "extraordinarily", "x1", "Ω"]
+    queries = [" ".join(rng.choices(vocab, k=rng.randint(1, 4))) for _ in range(150)] + ["", "RED Circle"]
+    seps = [" ", "  ", "-", ", ", "!", "_", "\t", "'"]
+    captions = []
+    for _ in range(400):
+        words = [w.upper() if rng.random() < 0.2 else w for w in rng.choices(vocab + ["zzz"], k=rng.randint(0, 12))]
+        captions.append("".join(w + rng.choice(seps) for w in words))
+    m = QueryMatcher(queries)
+    assert list(m.match_many(captions)) == [reference(queries, c) for c in captions]
 
 
 def test_read_queries_takes_first_tsv_field_and_keeps_line_numbers(tmp_path):
