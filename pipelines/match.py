@@ -12,9 +12,10 @@ queries 0 "circle", 1 "red circle", 2 "red" gives (2, 1, 0).)
 The automaton's alphabet is the queries' vocabulary rather than characters,
 and its goto, failure and output links live in numpy arrays walked by
 numba-compiled kernels over a whole batch of captions at once. Per-caption and
-per-hit Python work is what capped pyahocorasick near 200,000 captions/s/core
-against 500,000 queries (bench/match.py keeps it as the baseline); a batch here
-never returns to Python until every caption in it is matched.
+per-hit Python work held pyahocorasick, the previous matcher, to about 80,000
+captions/s/core against 500,000 queries (its bare scan: 160,000; bench/match.py
+keeps it as the baseline); a batch here never returns to Python until every
+caption in it is matched.
 """
 
 from __future__ import annotations
@@ -288,7 +289,7 @@ class Matches:
 
 
 def _bits_for(n: int) -> int:
-    """Table size (log2) for n keys at a load of 1/2 to 3/4."""
+    """Table size (log2) for n keys at a load of 3/8 to 3/4."""
     return max(4, int(4 * max(n, 1) // 3).bit_length())
 
 
