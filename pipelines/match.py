@@ -158,7 +158,7 @@ def _goto(node, wid, nodes, edge_table, edge_bits, bloom, bloom_bits, n_words):
 
 
 @numba.njit(cache=True)
-def _link(order, parent, edge_word, nodes, edge_table, edge_bits, bloom, bloom_bits, n_words, _):
+def _link(order, parent, edge_word, nodes, edge_table, edge_bits, bloom, bloom_bits, n_words):
     """Classic Aho-Corasick construction, in breadth-first order, of the fail and out links."""
     for u in order:
         p = parent[u]
@@ -176,6 +176,31 @@ def _link(order, parent, edge_word, nodes, edge_table, edge_bits, bloom, bloom_b
         f = nodes[u, FAIL]
         if f != 0:
             nodes[u, OUT] = f if nodes[f, END] > nodes[f, FIRST] else nodes[f, OUT]
+
+
+@numba.njit(cache=True, inline="always")
+def _long_key(data, start, stop, table):
+    """Key of a word of 8 bytes or more: FNV-1a of its match-form bytes, tagged in the top byte."""
+    h = _FNV_OFFSET
+    for t in range(start, stop):
+        h = (h ^ np.uint64(table[data[t]])) * _FNV_PRIME
+    return (h >> np.uint64(8)) | _LONG
+
+
+@numba.njit(cache=True)
+def _vocab_keys(word_data, word_start, table):
+    """The key of each vocabulary word, as _word_ids computes it for a caption's word."""
+    keys = np.empty(word_start.shape[0] - 1, np.uint64)
+    for w in range(keys.shape[0]):
+        start, stop = word_start[w], word_start[w + 1]
+        if stop - start <= 7:
+            packed = np.uint64(0)
+            for t in range(start, stop):
+                packed |= np.uint64(table[word_data[t]]) << np.uint64(8 * (t - start))
+            keys[w] = packed
+        else:
+            keys[w] = _long_key(word_data, start, stop, table)
+    return keys
 
 
 @numba.njit(cache=True)
@@ -207,10 +232,7 @@ def _word_ids(data, offsets, table, words):
             if length <= 7:
                 wid = _get(word_table, word_bits, packed, np.uint64(0))
             else:
-                h = _FNV_OFFSET
-                for t in range(start, j):
-                    h = (h ^ np.uint64(table[data[t]])) * _FNV_PRIME
-                wid = _get(word_table, word_bits, (h >> np.uint64(8)) | _LONG, np.uint64(0))
+                wid = _get(word_table, word_bits, _long_key(data, start, j, table), np.uint64(0))
                 if wid != _NO:
                     w0 = word_start[wid]
                     if word_start[wid + 1] - w0 != length:
@@ -293,16 +315,6 @@ def _bits_for(n: int) -> int:
     return max(4, int(4 * max(n, 1) // 3).bit_length())
 
 
-def _word_key(word: bytes) -> int:
-    """The kernel's key for a word: its bytes when it has at most 7, else a tagged FNV-1a hash."""
-    if len(word) <= 7:
-        return int.from_bytes(word, "little")
-    h = int(_FNV_OFFSET)
-    for c in word:
-        h = ((h ^ c) * int(_FNV_PRIME)) & 0xFFFFFFFFFFFFFFFF
-    return (h >> 8) | int(_LONG)
-
-
 @dataclass
 class QueryMatcher:
     queries: Sequence[str]
@@ -341,7 +353,7 @@ class QueryMatcher:
         word_start = np.zeros(len(encoded) + 1, np.int64)
         word_start[1:] = np.cumsum([len(w) for w in encoded])
         word_data = np.frombuffer(b"".join(encoded), np.uint8) if encoded else np.zeros(0, np.uint8)
-        word_keys = np.array([_word_key(w) for w in encoded], np.uint64)
+        word_keys = _vocab_keys(word_data, word_start, _TABLE)  # vocabulary words are match forms already
         word_bits = _bits_for(len(encoded))
         word_table = _pair_table(word_keys, np.arange(len(encoded), dtype=np.uint64), word_bits, np.uint64(0))
         words = (word_table, word_bits, word_data, word_start)
@@ -374,7 +386,7 @@ class QueryMatcher:
             term_ids,
         )
         order = np.argsort(np.array(depth, np.int32), kind="stable").astype(np.int32)
-        _link(order, np.array(parent, np.int32), np.array(edge_word, np.int32), *auto)
+        _link(order, np.array(parent, np.int32), np.array(edge_word, np.int32), *auto[:-1])
         self._words, self._auto = words, auto
 
     def match_many(self, captions: Sequence[str]) -> Matches:
