@@ -1,8 +1,13 @@
-"""Downloading images with requests, politely and without hanging.
+"""Downloading images with urllib3, politely and without hanging.
 
 Every outcome is a `Fetched` value, never an exception: the job records a
 status and an error message per sample, like img2dataset, so one bad URL
 never costs the rest of a shard.
+
+urllib3 rather than requests on top of it: the fetcher follows redirects
+itself (each hop is checked), reads bodies itself (byte cap, deadline) and
+wants no cookies, proxies or hooks, so requests added nothing but CPU, about
+0.45 ms of every fetch (a third of it in `typing` Protocol checks).
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from email.utils import parsedate_to_datetime
 from typing import Optional
 from urllib.parse import urljoin, urlsplit
 
-import requests
+from urllib3 import BaseHTTPResponse, PoolManager
+from urllib3.exceptions import HTTPError
 
 from pipelines import robots
-from pipelines.netguard import GuardedAdapter, NetworkPolicy
-from pipelines.responses import describe, read_body
+from pipelines.netguard import NetworkPolicy, pool_manager
+from pipelines.responses import describe, get, read_body, release
 from wit import USER_AGENT
 
 # img2dataset's defaults: the directives by which sites opt out of AI datasets.
@@ -47,6 +53,11 @@ class FetchOptions:
     @property
     def policy(self) -> NetworkPolicy:
         return NetworkPolicy(self.allow_private_networks, frozenset(self.allowed_addresses))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        # identity: bodies are never decoded (see responses.get), so ask for none to decode
+        return {"User-Agent": self.user_agent, "Accept": "*/*", "Accept-Encoding": "identity"}
 
 
 @dataclass(frozen=True)
@@ -80,27 +91,20 @@ def opted_out(robots_values: list[str], token: str, disallowed: tuple[str, ...])
     return None
 
 
-class _Sessions(threading.local):
-    sessions: Optional[dict] = None
+_pools: dict[tuple[NetworkPolicy, int], PoolManager] = {}
+_pools_lock = threading.Lock()
 
 
-_sessions = _Sessions()
-
-
-def _session(opts: FetchOptions) -> requests.Session:
-    """One keep-alive session per thread and network policy."""
-    if _sessions.sessions is None:
-        _sessions.sessions = {}
-    s = _sessions.sessions.get(opts.policy)
-    if s is None:
-        s = requests.Session()
-        s.trust_env = False  # no proxies from the environment: the guard must see the real peer
-        adapter = GuardedAdapter(opts.policy)
-        s.mount("http://", adapter)
-        s.mount("https://", adapter)
-        _sessions.sessions[opts.policy] = s
-    s.headers["User-Agent"] = opts.user_agent
-    return s
+def _pool(opts: FetchOptions) -> PoolManager:
+    """One keep-alive pool per worker process, network policy and per-host limit, shared by its threads."""
+    key = (opts.policy, max(1, opts.max_per_host))
+    pool = _pools.get(key)
+    if pool is None:
+        with _pools_lock:
+            pool = _pools.get(key)
+            if pool is None:
+                pool = _pools[key] = pool_manager(*key)
+    return pool
 
 
 class _HostSlots:
@@ -136,12 +140,6 @@ def retry_after_seconds(value: Optional[str]) -> Optional[float]:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _get(session: requests.Session, url: str, opts: FetchOptions, deadline: float) -> requests.Response:
-    remaining = max(0.01, deadline - time.monotonic())
-    return session.get(url, timeout=(min(remaining, opts.timeout), min(remaining, opts.timeout)), stream=True,
-                       allow_redirects=False)
-
-
 def _check_url(url: str) -> Optional[str]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
@@ -152,38 +150,38 @@ def _check_url(url: str) -> Optional[str]:
 
 
 def _attempt(url: str, opts: FetchOptions, deadline: float) -> Fetched:
-    session = _session(opts)
+    pool = _pool(opts)
     try:
         for _hop in range(opts.max_redirects + 1):
             bad = _check_url(url)
             if bad:
                 return Fetched("failed", error=bad)
             if opts.robots_txt:
-                verdict = robots.verdict(url, opts, session, deadline)
+                verdict = robots.verdict(url, opts, pool, deadline)
                 if verdict == "disallowed":
                     return Fetched("opted_out", error=f"robots.txt disallows {urlsplit(url).path or '/'}")
                 if verdict:
                     return Fetched("failed", error=verdict)
-            resp = _get(session, url, opts, deadline)
-            if resp.is_redirect:
-                location = resp.headers.get("Location", "")
-                resp.close()
-                url = urljoin(url, location)
-                continue
-            with resp:
-                return _read(resp, opts, deadline)
+            resp = get(pool, url, opts.headers, opts.timeout, deadline)
+            try:
+                location = resp.get_redirect_location()
+                if location:
+                    url = urljoin(url, location)
+                    continue
+                return _read(resp, url, opts, deadline)
+            finally:
+                release(resp)
         return Fetched("failed", error=f"more than {opts.max_redirects} redirects")
-    except requests.RequestException as e:
+    except (HTTPError, ValueError) as e:
         return Fetched("failed", error=describe(e, opts.timeout))
 
 
-def _read(resp: requests.Response, opts: FetchOptions, deadline: float) -> Fetched:
-    code = resp.status_code
+def _read(resp: BaseHTTPResponse, url: str, opts: FetchOptions, deadline: float) -> Fetched:
+    code = resp.status
     if code != 200:
         return Fetched("failed", error=f"http {code} {resp.reason or ''}".strip(), http_status=code,
                        retry_after=retry_after_seconds(resp.headers.get("Retry-After")))
-    directive = opted_out(resp.raw.headers.getlist("X-Robots-Tag"), opts.user_agent_token,
-                          opts.disallowed_directives)
+    directive = opted_out(resp.headers.getlist("X-Robots-Tag"), opts.user_agent_token, opts.disallowed_directives)
     if directive:
         return Fetched("opted_out", error=f"X-Robots-Tag: {directive}", http_status=code)
     ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -197,7 +195,7 @@ def _read(resp: requests.Response, opts: FetchOptions, deadline: float) -> Fetch
         return Fetched("failed", error=f"body over {opts.max_bytes} bytes", http_status=code)
     if cut == "timeout":
         return Fetched("failed", error=f"timeout: body not complete after {opts.timeout:g}s", http_status=code)
-    return Fetched("ok", data=body, http_status=code, final_url=resp.url)
+    return Fetched("ok", data=body, http_status=code, final_url=url)
 
 
 def _retryable(result: Fetched) -> bool:
@@ -211,7 +209,11 @@ def _retryable(result: Fetched) -> bool:
 def fetch(url: str, opts: FetchOptions = FetchOptions()) -> Fetched:
     """GET with a total deadline per attempt, at most `max_per_host` at once per host, and jittered
     exponential backoff between attempts (or the server's Retry-After, up to `max_retry_after`)."""
-    slot = _host_slots.get((urlsplit(url).hostname or "").lower(), max(1, opts.max_per_host))
+    try:
+        host = (urlsplit(url).hostname or "").lower()
+    except ValueError as e:
+        return Fetched("failed", error=describe(e))
+    slot = _host_slots.get(host, max(1, opts.max_per_host))
     attempt = 0
     while True:
         with slot:

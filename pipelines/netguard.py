@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Optional
 
-from requests.adapters import HTTPAdapter
+import certifi
+from urllib3 import PoolManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
@@ -98,14 +99,12 @@ def _pool_classes(policy: NetworkPolicy) -> dict[str, type]:
     }
 
 
-class GuardedAdapter(HTTPAdapter):
-    def __init__(self, policy: NetworkPolicy, **kwargs):
-        self.policy = policy
-        super().__init__(**kwargs)
+def pool_manager(policy: NetworkPolicy, per_host: int, hosts: int = 256) -> PoolManager:
+    """A thread-safe keep-alive pool whose every new connection passes the policy.
 
-    def init_poolmanager(self, *args, **kwargs) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _pool_classes(self.policy)
-
-    def proxy_manager_for(self, proxy, **kwargs):
-        raise ValueError("proxies are not supported by the guarded fetcher")
+    `per_host` idle connections are kept per host, for the `hosts` most recently used hosts.
+    Proxies are never used: the guard must see the real peer.
+    """
+    manager = PoolManager(num_pools=hosts, maxsize=per_host, block=False, ca_certs=certifi.where())
+    manager.pool_classes_by_scheme = _pool_classes(policy)
+    return manager

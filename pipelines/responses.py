@@ -1,4 +1,4 @@
-"""Reading an HTTP response within a byte cap and a deadline, and naming why a request failed.
+"""Sending one GET, reading its response within a byte cap and a deadline, and naming why it failed.
 
 Shared by the image fetcher and the robots.txt reader, so that neither can be
 held by a body that drips a byte at a time or never ends.
@@ -9,19 +9,35 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-import requests
+from urllib3 import BaseHTTPResponse, PoolManager, Timeout
+from urllib3.exceptions import NewConnectionError, ProtocolError, SSLError, TimeoutError
 
 from pipelines.netguard import BlockedAddress
 
 
-def read_body(resp: requests.Response, max_bytes: int, deadline: float) -> tuple[bytes, Optional[str]]:
+def get(pool: PoolManager, url: str, headers: dict[str, str], timeout: float, deadline: float) -> BaseHTTPResponse:
+    """One GET, no redirect followed, no retry, the body not yet read. Errors are urllib3's own
+    (retries=False), so `describe` sees what really happened. Content is never decoded: a gzip body
+    could expand past the byte cap inside one read."""
+    remaining = min(timeout, max(0.01, deadline - time.monotonic()))
+    return pool.request("GET", url, headers=headers, timeout=Timeout(connect=remaining, read=remaining),
+                        preload_content=False, decode_content=False, redirect=False, retries=False)
+
+
+def release(resp: BaseHTTPResponse) -> None:
+    """Back to the pool: a connection whose body was read to the end is kept alive, any other is closed."""
+    resp.close()
+    resp.release_conn()
+
+
+def read_body(resp: BaseHTTPResponse, max_bytes: int, deadline: float) -> tuple[bytes, Optional[str]]:
     """The body, and None; or what was read before it passed `max_bytes` ("over") or `deadline` ("timeout").
 
     read1 returns after one socket read, so a body dripping a byte at a time meets the deadline
-    (iter_content would block until 64 KiB arrived, each recv well inside the socket timeout).
+    (read(n) would block until n bytes arrived, each recv well inside the socket timeout).
     """
     chunks, size = [], 0
-    while chunk := resp.raw.read1(65536):
+    while chunk := resp.read1(65536):
         chunks.append(chunk)
         size += len(chunk)
         if size > max_bytes:
@@ -33,20 +49,17 @@ def read_body(resp: requests.Response, max_bytes: int, deadline: float) -> tuple
 
 def describe(e: Exception, timeout: Optional[float] = None) -> str:
     """The error message of a failed request; its first word says what kind of failure it was."""
-    if isinstance(e, requests.Timeout):
-        return f"timeout after {timeout:g}s" if timeout is not None else "timeout"
-    if isinstance(e, requests.exceptions.SSLError):
+    if isinstance(e, ValueError):  # urllib3's LocationParseError, the idna codec's UnicodeError
+        return f"invalid URL: {_reason(e)}"
+    if isinstance(e, BlockedAddress):
+        return str(e).split(": ", 1)[-1]  # urllib3 prefixes the connection's repr
+    if isinstance(e, SSLError):
         return f"tls error: {_reason(e)}"
-    if isinstance(e, requests.ConnectionError):
-        return _blocked(e) or f"connection error: {_reason(e)}"
+    if isinstance(e, (NewConnectionError, ProtocolError)):  # before TimeoutError: urllib3 derives the first from it
+        return f"connection error: {_reason(e)}"
+    if isinstance(e, TimeoutError):
+        return f"timeout after {timeout:g}s" if timeout is not None else "timeout"
     return f"{type(e).__name__}: {_reason(e)}"
-
-
-def _blocked(e: Exception) -> Optional[str]:
-    reason = getattr(e.args[0], "reason", None) if e.args else None
-    if isinstance(reason, BlockedAddress):
-        return str(reason).split(": ", 1)[-1]  # urllib3 prefixes the connection's repr
-    return None
 
 
 def _reason(e: Exception) -> str:

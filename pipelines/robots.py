@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Optional
 from urllib.parse import urljoin, urlsplit
 from urllib.robotparser import RobotFileParser
 
-import requests
+from urllib3 import PoolManager
+from urllib3.exceptions import HTTPError
 
-from pipelines.responses import describe, read_body
+from pipelines.responses import describe, get, read_body, release
 
 if TYPE_CHECKING:
     from pipelines.fetch import FetchOptions
@@ -83,32 +84,35 @@ def parse(text: str) -> RobotFileParser:
     return parser
 
 
-def _load(origin: str, opts: "FetchOptions", session: requests.Session, deadline: float) -> object:
+def _load(origin: str, opts: "FetchOptions", pool: PoolManager, deadline: float) -> object:
     url = origin + "/robots.txt"
     try:
         for _hop in range(5):
-            remaining = max(0.01, deadline - time.monotonic())
-            with session.get(url, timeout=(remaining, remaining), stream=True, allow_redirects=False) as resp:
-                if resp.is_redirect:
-                    url = urljoin(url, resp.headers.get("Location", ""))
+            resp = get(pool, url, opts.headers, opts.timeout, deadline)
+            try:
+                location = resp.get_redirect_location()
+                if location:
+                    url = urljoin(url, location)
                     continue
-                if 400 <= resp.status_code < 500:
+                if 400 <= resp.status < 500:
                     return ALLOW_ALL
-                if resp.status_code != 200:
-                    return Unreachable(f"robots.txt unreachable: http {resp.status_code}")
+                if resp.status != 200:
+                    return Unreachable(f"robots.txt unreachable: http {resp.status}")
                 body, _cut = read_body(resp, MAX_BYTES, deadline)  # a cut file is read as far as it came
                 return parse(body[:MAX_BYTES].decode("utf-8", errors="replace"))
+            finally:
+                release(resp)
         return ALLOW_ALL  # too many redirects: RFC 9309 treats it as unavailable (4xx)
-    except requests.RequestException as e:
+    except (HTTPError, ValueError) as e:
         return Unreachable(describe(e))
 
 
-def verdict(url: str, opts: "FetchOptions", session: requests.Session, deadline: float) -> Optional[str]:
+def verdict(url: str, opts: "FetchOptions", pool: PoolManager, deadline: float) -> Optional[str]:
     """None if `url` may be fetched; else "disallowed", or why robots.txt could not be read (a 5xx, or the
     host's connection error, which is then the sample's error too)."""
     parts = urlsplit(url)
     origin = f"{parts.scheme}://{parts.netloc}"
-    rules = cache.rules(origin, repr(opts.policy), lambda: _load(origin, opts, session, deadline))
+    rules = cache.rules(origin, repr(opts.policy), lambda: _load(origin, opts, pool, deadline))
     if isinstance(rules, Unreachable):
         return str(rules)
     if rules == ALLOW_ALL or rules.can_fetch(opts.user_agent_token, url):

@@ -64,3 +64,14 @@ def test_unreachable_host_and_redirect_limit(web_server):
     assert redirected.status == "failed" and "redirects" in redirected.error
     statuses = Counter(fetch(f"{server.base_url}/redirect/{i}.jpg", FAST).status for i in range(3))
     assert statuses == {"ok": 3}
+
+
+def test_malformed_urls_are_a_status_and_cost_the_shard_nothing(web_server):
+    _, server = web_server
+    bad = ["http://[::1/x.jpg", "http://a..b/x.jpg", "http://exa mple.com/x.jpg", "http://example.com:99999/x.jpg"]
+    urls = bad + [f"{server.base_url}/img/1.jpg"]
+    samples = [Sample(key=str(i), uid=str(i), url=u, caption="c") for i, u in enumerate(urls)]
+    got = download_shard(samples, FAST, ResizeOptions(image_size=32), threads=4)
+    for s in got[:-1]:
+        assert s.status == "failed_to_download" and s.error_message.startswith("invalid URL"), s
+    assert got[-1].status == "success"

@@ -69,6 +69,7 @@ class Hostile(ThreadingHTTPServer):
 
     def __init__(self, internal_port: int, robots_status: int = 200):
         self.counts: dict[str, int] = {}
+        self.connections = 0
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -173,6 +174,11 @@ class Hostile(ThreadingHTTPServer):
                     pass
 
         super().__init__(("127.0.0.1", 0), Handler)
+
+    def process_request(self, request, client_address):
+        with self.lock:
+            self.connections += 1
+        super().process_request(request, client_address)
 
 
 @pytest.fixture(scope="module")
@@ -361,3 +367,17 @@ def test_a_dripping_robots_txt_cannot_hold_the_fetch_past_its_deadline():
         server.stop.set()
         server.shutdown()
         server.server_close()
+
+
+def test_keep_alive_reuses_only_connections_read_to_the_end(servers):
+    """A kept-alive connection saves a handshake per image; one left mid-body must never serve the next."""
+    hostile, _ = servers
+    robots.cache.clear()
+    base, opts = f"http://127.0.0.1:{hostile.server_address[1]}", _opts(hostile, retries=0)
+    before = hostile.connections
+    assert all(fetch(f"{base}/ok/alive{i}.jpg", opts).data == JPEG for i in range(5))
+    assert hostile.connections - before <= 1  # robots.txt and five images, one after another, on one connection
+    assert fetch(f"{base}/endless.jpg", opts).error.startswith("body over")
+    assert fetch(f"{base}/page.html", opts).error.startswith("content-type text/html")  # its body never read
+    after = fetch(f"{base}/ok/after.jpg", opts)
+    assert after.status == "ok" and after.data == JPEG

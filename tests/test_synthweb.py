@@ -1,6 +1,6 @@
 from collections import Counter
 
-import requests
+import urllib3
 
 from wit.synthweb import FAULTS, SyntheticWeb
 from wit.synthweb.vocab import query_list
@@ -30,9 +30,9 @@ def test_queries_cover_colours_shapes_and_phrases():
 def test_server_serves_stable_bytes(web_server):
     web, server = web_server
     url = f"{server.base_url}/img/7.jpg"
-    first, second = requests.get(url, timeout=5), requests.get(url, timeout=5)
-    assert first.status_code == 200 and first.content == second.content == web.image_bytes(7)
-    mirror = requests.get(f"{server.base_url}/mirror/7/99.jpg", timeout=5)
-    assert mirror.content == first.content
-    variant = requests.get(f"{server.base_url}/variant/7/99.jpg", timeout=5)
-    assert variant.status_code == 200 and variant.content != first.content
+    first, second = urllib3.request("GET", url, timeout=5), urllib3.request("GET", url, timeout=5)
+    assert first.status == 200 and first.data == second.data == web.image_bytes(7)
+    mirror = urllib3.request("GET", f"{server.base_url}/mirror/7/99.jpg", timeout=5)
+    assert mirror.data == first.data
+    variant = urllib3.request("GET", f"{server.base_url}/variant/7/99.jpg", timeout=5)
+    assert variant.status == 200 and variant.data != first.data
