@@ -129,14 +129,17 @@ def resize_image(data: bytes, opts: ResizeOptions) -> Resized:
         img = _to_rgb(ImageOps.exif_transpose(img))
     except Exception as e:
         raise ResizeError(f"cannot decode image: {type(e).__name__}: {e}") from e
-    # imagehash shrinks to 32x32 with Lanczos, the costliest step here; an area-average shrink first
-    # makes its own resize a no-op and gives an equally stable hash.
-    phash = int(str(imagehash.phash(img.resize((32, 32), Image.Resampling.BOX))), 16)
+    decoded = img
     if (tw, th) != img.size:
         # Shrinking: area averaging (BOX), as img2dataset does with OpenCV's INTER_AREA; alias-free
         # for decimation and ~4x cheaper than Lanczos here. Enlarging: Lanczos.
         shrink = tw < img.width and th < img.height
         img = img.resize((tw, th), Image.Resampling.BOX if shrink else Image.Resampling.LANCZOS)
+    # imagehash shrinks to 32x32 with Lanczos, the costliest step here; an area-average shrink first
+    # makes its own resize a no-op and gives an equally stable hash. Its input is the resized image
+    # (cheaper to shrink) unless that fell below HASH_INPUT_MIN.
+    source = img if min(img.size) >= HASH_INPUT_MIN else decoded
+    phash = int(str(imagehash.phash(source.resize((32, 32), Image.Resampling.BOX))), 16)
     if opts.resize_mode == "center_crop":
         s = opts.image_size if min(tw, th) >= opts.image_size else min(tw, th)
         left, top = (tw - s) // 2, (th - s) // 2
