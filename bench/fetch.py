@@ -57,6 +57,7 @@ class Server(ThreadingHTTPServer):
     def __init__(self, images: list[bytes]):
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # as web servers do: no 40 ms delayed-ACK stall per response
 
             def log_message(self, *args):
                 pass
