@@ -20,13 +20,13 @@ caption in it is matched.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numba
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from wit.text import match_form
 
@@ -85,12 +85,16 @@ def read_queries(path: str) -> list[str]:
 #
 # Node w + 1 is the one-word node of vocabulary word w (whether or not a query starts with it: one
 # that none starts with simply has no children and no output), so leaving the root needs no lookup.
-# A node's record is [fail, out, first, end, filter_lo, filter_hi, term, -]: its failure link, the
-# nearest node on its failure chain at which some query ends (or -1), the range of term_ids ending
-# at the node itself, its children's words as a 64-bit filter, and term_ids[first] (the query that
-# ends there, nearly always the only one). 32 bytes: one cache line.
+# A node's record is [fail, out, first, end, filter_lo, filter_hi, term, stamp]: its failure link,
+# the nearest node on its failure chain at which some query ends (or -1), the range of term_ids
+# ending at the node itself, its children's words as a 64-bit filter, term_ids[first] (the query that
+# ends there, nearly always the only one), and the last caption whose ids it gave. 32 bytes: one
+# cache line.
+#
+# Each id once per caption: an id ends at one node only, and once a node has given its ids, so has
+# every node on its out chain; so the walk stops at the first node stamped with the current caption.
 
-FAIL, OUT, FIRST, END, FILTER, TERM = 0, 1, 2, 3, 4, 6
+FAIL, OUT, FIRST, END, FILTER, TERM, STAMP = 0, 1, 2, 3, 4, 6, 7
 BLOOM_SHIFT = 4  # Bloom filter words = edge table slots / 2**BLOOM_SHIFT: 5 to 11 bits an edge
 
 
@@ -204,15 +208,26 @@ def _vocab_keys(word_data, word_start, table):
 
 
 @numba.njit(cache=True)
-def _word_ids(data, offsets, table, words):
-    """Each caption's words as vocabulary ids (-1: in no query); caption i has wids[woff[i]:woff[i+1]]."""
+def _word_ids(data, offsets, table, words, skip_high):
+    """Each caption's words as vocabulary ids (-1: in no query); caption i has wids[woff[i]:woff[i+1]].
+    With `skip_high`, a caption holding a byte >= 0x80 gets no words and is flagged in `high`: only
+    ASCII reduces to its match form byte by byte."""
     word_table, word_bits, word_data, word_start = words
     n_caps = offsets.shape[0] - 1
     wids = np.empty(data.shape[0] // 2 + n_caps + 1, np.int32)
     woff = np.zeros(n_caps + 1, np.int64)
+    high = np.zeros(n_caps, np.bool_)
     n = 0
     for i in range(n_caps):
         j, hi = offsets[i], offsets[i + 1]
+        if skip_high:
+            seen = np.uint8(0)
+            for t in range(j, hi):
+                seen |= data[t]
+            if seen >= 128:
+                high[i] = True
+                woff[i + 1] = n
+                continue
         while j < hi:
             c = table[data[j]]
             j += 1
@@ -245,18 +260,40 @@ def _word_ids(data, offsets, table, words):
             wids[n] = wid
             n += 1
         woff[i + 1] = n
-    return wids, woff
+    return wids, woff, high
 
 
 @numba.njit(cache=True)
-def _walk(wids, woff, i, ids, res_off, nodes, edge_table, edge_bits, bloom, bloom_bits, n_words, term_ids):
+def _splice(wids, woff, forms_wids, forms_woff, which):
+    """The batch's word ids with caption which[k]'s taken from the k-th of `forms` (its match form)."""
+    n_caps = woff.shape[0] - 1
+    out = np.empty(woff[n_caps] + forms_woff[-1], np.int32)
+    out_off = np.zeros(n_caps + 1, np.int64)
+    n, k = 0, 0
+    for i in range(n_caps):
+        if k < which.shape[0] and which[k] == i:
+            for j in range(forms_woff[k], forms_woff[k + 1]):
+                out[n] = forms_wids[j]
+                n += 1
+            k += 1
+        else:
+            for j in range(woff[i], woff[i + 1]):
+                out[n] = wids[j]
+                n += 1
+        out_off[i + 1] = n
+    return out, out_off
+
+
+@numba.njit(cache=True)
+def _walk(wids, woff, i, stamp0, ids, res_off, nodes, edge_table, edge_bits, bloom, bloom_bits, n_words, term_ids):
     """Run the automaton over captions i, i+1, ...: caption i's query ids go to
-    ids[res_off[i]:res_off[i+1]]. Returns the caption it stopped at: len(woff) - 1 when done, less
-    when `ids` is full (the caller grows it and resumes; growing it here would slow the loop)."""
+    ids[res_off[i]:res_off[i+1]], and its nodes are stamped stamp0 + i. Returns the caption it stopped
+    at: len(woff) - 1 when done, less when `ids` is full (the caller grows it and resumes with fresh
+    stamps; growing it here would slow the loop)."""
     n_caps = woff.shape[0] - 1
     n = res_off[i]
     while i < n_caps:
-        first = n
+        stamp = stamp0 + i
         state = 0
         for j in range(woff[i], woff[i + 1]):
             wid = wids[j]
@@ -270,17 +307,15 @@ def _walk(wids, woff, i, ids, res_off, nodes, edge_table, edge_bits, bloom, bloo
                 state = nodes[state, FAIL]
             state = nxt
             node = state if nodes[state, END] > nodes[state, FIRST] else nodes[state, OUT]
-            while node > 0:
-                for t in range(nodes[node, FIRST], nodes[node, END]):
-                    q = nodes[node, TERM] if t == nodes[node, FIRST] else term_ids[t]
-                    p = first  # each id once: captions hold a dozen, so a scan beats a set
-                    while p < n and ids[p] != q:
-                        p += 1
-                    if p < n:
-                        continue
-                    if n == ids.shape[0]:
-                        return i
-                    ids[n] = q
+            while node > 0 and nodes[node, STAMP] != stamp:
+                first, end = nodes[node, FIRST], nodes[node, END]
+                if n + (end - first) > ids.shape[0]:
+                    return i
+                nodes[node, STAMP] = stamp
+                ids[n] = nodes[node, TERM]
+                n += 1
+                for t in range(first + 1, end):
+                    ids[n] = term_ids[t]
                     n += 1
                 node = nodes[node, OUT]
         i += 1
@@ -310,6 +345,14 @@ class Matches:
         return (tuple(ids[offsets[i]:offsets[i + 1]]) for i in range(len(self)))
 
 
+def _utf8(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A large_string array's bytes and offsets, without copying."""
+    _, off_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(off_buf, np.int64, len(arr) + 1, 8 * arr.offset) if off_buf else np.zeros(1, np.int64)
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    return data, offsets
+
+
 def _bits_for(n: int) -> int:
     """Table size (log2) for n keys at a load of 3/8 to 3/4."""
     return max(4, int(4 * max(n, 1) // 3).bit_length())
@@ -320,6 +363,9 @@ class QueryMatcher:
     queries: Sequence[str]
     _words: tuple = field(init=False, repr=False)
     _auto: tuple = field(init=False, repr=False)
+    # The walk writes stamps into the automaton: one batch at a time per matcher (Beam threads share it).
+    _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
+    _stamp: int = field(init=False, repr=False, default=1)
 
     def __post_init__(self) -> None:
         forms = [match_form(q).split() for q in self.queries]
@@ -391,20 +437,26 @@ class QueryMatcher:
 
     def match_many(self, captions: Sequence[str]) -> Matches:
         """Ids of every query occurring in each caption as whole words, in reading order."""
-        arr = pa.array(captions, pa.large_string())
-        other = pc.invert(pc.string_is_ascii(arr))
-        if pc.any(other).as_py():
-            forms = pa.array([match_form(c) for c in pc.filter(arr, other).to_pylist()], pa.large_string())
-            arr = pc.replace_with_mask(arr, other, forms)
-        _, off_buf, data_buf = arr.buffers()
-        offsets = np.frombuffer(off_buf, np.int64, len(arr) + 1, 8 * arr.offset) if off_buf else np.zeros(1, np.int64)
-        data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-        wids, woff = _word_ids(data, offsets, _TABLE, self._words)
+        wids, woff, high = _word_ids(*_utf8(pa.array(captions, pa.large_string())), _TABLE, self._words, True)
+        if high.any():
+            which = np.flatnonzero(high)
+            forms = pa.array([match_form(captions[k]) for k in which.tolist()], pa.large_string())
+            forms_wids, forms_woff, _ = _word_ids(*_utf8(forms), _TABLE, self._words, False)
+            wids, woff = _splice(wids, woff, forms_wids, forms_woff, which)
+        n_caps = len(woff) - 1
         ids = np.empty(max(64, 2 * len(wids)), np.int32)
         res_off = np.zeros(len(woff), np.int64)
-        i = 0
-        while (i := _walk(wids, woff, i, ids, res_off, *self._auto)) < len(woff) - 1:
-            ids = np.concatenate([ids, np.empty_like(ids)])
+        with self._lock:
+            i = 0
+            while True:
+                if self._stamp + 2 * n_caps >= 2**31 - 1:  # the stamps would overflow int32: start again
+                    self._auto[0][:, STAMP] = 0
+                    self._stamp = 1
+                i = _walk(wids, woff, i, self._stamp, ids, res_off, *self._auto)
+                self._stamp += n_caps
+                if i == n_caps:
+                    break
+                ids = np.concatenate([ids, np.empty_like(ids)])
         return Matches(res_off, ids[:res_off[-1]])
 
     def match(self, caption: str) -> tuple[int, ...]:

@@ -1,4 +1,5 @@
 import random
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -84,6 +85,37 @@ def test_random_queries_and_captions_agree_with_the_reference(seed):
         captions.append("".join(w + rng.choice(seps) for w in words))
     m = QueryMatcher(queries)
     assert list(m.match_many(captions)) == [reference(queries, c) for c in captions]
+
+
+def _random_case(seed: int) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    vocab = ["a", "the", "red", "circle", "new", "york", "café", "Ω"]
+    queries = [" ".join(rng.choices(vocab, k=rng.randint(1, 3))) for _ in range(60)]
+    captions = [" ".join(rng.choices(vocab, k=rng.randint(0, 10))) for _ in range(300)]
+    return queries, captions
+
+
+def test_repeated_words_give_each_id_once_across_batches_and_stamp_resets():
+    """The walk stamps nodes per caption: a word seen twice in one caption gives its ids once, the same
+    caption in the next batch gives them again, and when the stamps run out they start over."""
+    queries, captions = _random_case(7)
+    m = QueryMatcher(queries)
+    expected = [reference(queries, c) for c in captions]
+    assert list(m.match_many(captions)) == expected
+    assert list(m.match_many(captions)) == expected
+    m._stamp = 2**31 - 100  # as if two billion captions had been matched
+    assert list(m.match_many(captions)) == expected
+    assert m._stamp < 2**20
+
+
+def test_threads_sharing_one_matcher_agree_with_the_reference():
+    """Beam runs several threads on one cached matcher; the stamps they write must not mix."""
+    queries, captions = _random_case(8)
+    m = QueryMatcher(queries)
+    batches = [captions[i:i + 7] for i in range(0, len(captions), 7)] * 4
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda b: list(m.match_many(b)), batches))
+    assert got == [[reference(queries, c) for c in b] for b in batches]
 
 
 def test_read_queries_takes_first_tsv_field_and_keeps_line_numbers(tmp_path):
