@@ -16,7 +16,7 @@ import json
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field, fields, replace
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -124,26 +124,30 @@ def status_count(stats: dict, status: str) -> int:
     return stats.get("successes" if status == "success" else status, 0)
 
 
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "wit", "wit"
-    tar.addfile(info, io.BytesIO(data))
+def write_members(f: BinaryIO, members: Iterable[tuple[str, bytes]]) -> None:
+    """(name, bytes) members as a plain ustar stream: mtime 0, mode 0444, owner wit, so bytes are reproducible.
+
+    The standard library rather than webdataset's TarWriter: importing webdataset imports torch, over a
+    second of start-up that no dataset worker needs.
+    """
+    with tarfile.open(fileobj=f, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "wit", "wit"
+            tar.addfile(info, io.BytesIO(data))
 
 
 def write_tar(path: str, samples: Sequence[Sample]) -> None:
-    """Successes as webdataset members (KEY.jpg, KEY.json, KEY.txt), in plain ustar.
-
-    Written with the standard library rather than webdataset's TarWriter: importing webdataset imports
-    torch, over a second of start-up that no dataset worker needs.
-    """
-    with fileio.atomic_open(path) as f, tarfile.open(fileobj=f, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+    """Successes as webdataset members: KEY.jpg, KEY.json, KEY.txt."""
+    def members() -> Iterator[tuple[str, bytes]]:
         for s in samples:
-            if s.status != "success":
-                continue
-            _tar_member(tar, f"{s.key}.jpg", s.jpg)
-            _tar_member(tar, f"{s.key}.json",
-                        json.dumps(s.metadata(), sort_keys=True, ensure_ascii=False).encode("utf-8"))
-            _tar_member(tar, f"{s.key}.txt", s.caption.encode("utf-8"))
+            if s.status == "success":
+                yield f"{s.key}.jpg", s.jpg
+                yield f"{s.key}.json", json.dumps(s.metadata(), sort_keys=True, ensure_ascii=False).encode("utf-8")
+                yield f"{s.key}.txt", s.caption.encode("utf-8")
+
+    with fileio.atomic_open(path) as f:
+        write_members(f, members())
 
 
 def iter_tar(path: str, on_error: Callable[[Exception], bool]) -> Iterator[dict]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.shards import iter_tar
+from pipelines.shards import iter_tar, write_members
 from trainer import data
 from trainer.model import CLIP, CLIPConfig
 from trainer.tokenizer import Tokenizer
@@ -181,18 +181,16 @@ def write_classification_set(directory: str, classnames: Sequence[str], template
                              samples: Iterable[tuple[bytes, int]], shard_size: int = 1000,
                              image_ext: str = "jpg") -> int:
     """Writes a clip_benchmark-style set (used by the demo; handy for any labelled images)."""
-    from webdataset import TarWriter
-
     fileio.write_bytes(fileio.join(directory, CLASSNAMES), ("\n".join(classnames) + "\n").encode())
     fileio.write_bytes(fileio.join(directory, TEMPLATES), ("\n".join(templates) + "\n").encode())
     count = 0
     for shard, batch in enumerate(_batches(samples, shard_size)):
+        members = []
+        for image, label in batch:
+            members += [(f"{count:08d}.{image_ext}", image), (f"{count:08d}.cls", str(label).encode())]
+            count += 1
         with fileio.atomic_open(fileio.join(directory, f"{shard:05d}.tar")) as f:
-            writer = TarWriter(f, encoder=False, mtime=0.0)
-            for image, label in batch:
-                writer.write({"__key__": f"{count:08d}", image_ext: image, "cls": str(label).encode()})
-                count += 1
-            writer.close()
+            write_members(f, members)
     return count
 
 
