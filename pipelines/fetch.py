@@ -19,14 +19,14 @@ import weakref
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from typing import Optional
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 from urllib3 import BaseHTTPResponse, PoolManager
 from urllib3.exceptions import HTTPError
 
 from pipelines import robots
 from pipelines.netguard import NetworkPolicy, pool_manager
-from pipelines.responses import describe, get, read_body, release
+from pipelines.responses import describe, get, read_body, redirect_target
 from wit import USER_AGENT
 
 # img2dataset's defaults: the directives by which sites opt out of AI datasets.
@@ -162,15 +162,12 @@ def _attempt(url: str, opts: FetchOptions, deadline: float) -> Fetched:
                     return Fetched("opted_out", error=f"robots.txt disallows {urlsplit(url).path or '/'}")
                 if verdict:
                     return Fetched("failed", error=verdict)
-            resp = get(pool, url, opts.headers, opts.timeout, deadline)
-            try:
-                location = resp.get_redirect_location()
-                if location:
-                    url = urljoin(url, location)
+            with get(pool, url, opts.headers, opts.timeout, deadline) as resp:
+                target = redirect_target(resp, url)
+                if target:
+                    url = target
                     continue
                 return _read(resp, url, opts, deadline)
-            finally:
-                release(resp)
         return Fetched("failed", error=f"more than {opts.max_redirects} redirects")
     except (HTTPError, ValueError) as e:
         return Fetched("failed", error=describe(e, opts.timeout))

@@ -7,7 +7,9 @@ held by a body that drips a byte at a time or never ends.
 from __future__ import annotations
 
 import time
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
+from urllib.parse import urljoin
 
 from urllib3 import BaseHTTPResponse, PoolManager, Timeout
 from urllib3.exceptions import NewConnectionError, ProtocolError, SSLError, TimeoutError
@@ -15,19 +17,29 @@ from urllib3.exceptions import NewConnectionError, ProtocolError, SSLError, Time
 from pipelines.netguard import BlockedAddress
 
 
-def get(pool: PoolManager, url: str, headers: dict[str, str], timeout: float, deadline: float) -> BaseHTTPResponse:
-    """One GET, no redirect followed, no retry, the body not yet read. Errors are urllib3's own
-    (retries=False), so `describe` sees what really happened. Content is never decoded: a gzip body
-    could expand past the byte cap inside one read."""
+@contextmanager
+def get(pool: PoolManager, url: str, headers: dict[str, str], timeout: float,
+        deadline: float) -> Iterator[BaseHTTPResponse]:
+    """One GET, no redirect followed, no retry, the body not yet read; back to the pool on leaving.
+
+    Errors are urllib3's own (retries=False), so `describe` sees what really happened. Content is never
+    decoded: a gzip body could expand past the byte cap inside one read. A connection whose body was
+    read to the end is kept alive; any other is closed, so no leftover bytes reach the next request.
+    """
     remaining = min(timeout, max(0.01, deadline - time.monotonic()))
-    return pool.request("GET", url, headers=headers, timeout=Timeout(connect=remaining, read=remaining),
+    resp = pool.request("GET", url, headers=headers, timeout=Timeout(connect=remaining, read=remaining),
                         preload_content=False, decode_content=False, redirect=False, retries=False)
+    try:
+        yield resp
+    finally:
+        resp.close()
+        resp.release_conn()
 
 
-def release(resp: BaseHTTPResponse) -> None:
-    """Back to the pool: a connection whose body was read to the end is kept alive, any other is closed."""
-    resp.close()
-    resp.release_conn()
+def redirect_target(resp: BaseHTTPResponse, url: str) -> Optional[str]:
+    """Where a redirect sends `url`, or None when `resp` is no redirect."""
+    location = resp.get_redirect_location()
+    return urljoin(url, location) if location else None
 
 
 def read_body(resp: BaseHTTPResponse, max_bytes: int, deadline: float) -> tuple[bytes, Optional[str]]:

@@ -13,13 +13,13 @@ import threading
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Optional
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 from urllib.robotparser import RobotFileParser
 
 from urllib3 import PoolManager
 from urllib3.exceptions import HTTPError
 
-from pipelines.responses import describe, get, read_body, release
+from pipelines.responses import describe, get, read_body, redirect_target
 
 if TYPE_CHECKING:
     from pipelines.fetch import FetchOptions
@@ -88,11 +88,10 @@ def _load(origin: str, opts: "FetchOptions", pool: PoolManager, deadline: float)
     url = origin + "/robots.txt"
     try:
         for _hop in range(5):
-            resp = get(pool, url, opts.headers, opts.timeout, deadline)
-            try:
-                location = resp.get_redirect_location()
-                if location:
-                    url = urljoin(url, location)
+            with get(pool, url, opts.headers, opts.timeout, deadline) as resp:
+                target = redirect_target(resp, url)
+                if target:
+                    url = target
                     continue
                 if 400 <= resp.status < 500:
                     return ALLOW_ALL
@@ -100,8 +99,6 @@ def _load(origin: str, opts: "FetchOptions", pool: PoolManager, deadline: float)
                     return Unreachable(f"robots.txt unreachable: http {resp.status}")
                 body, _cut = read_body(resp, MAX_BYTES, deadline)  # a cut file is read as far as it came
                 return parse(body[:MAX_BYTES].decode("utf-8", errors="replace"))
-            finally:
-                release(resp)
         return ALLOW_ALL  # too many redirects: RFC 9309 treats it as unavailable (4xx)
     except (HTTPError, ValueError) as e:
         return Unreachable(describe(e))
