@@ -78,7 +78,7 @@ def run_wit(urls: str, out: str, threads: int, shard_size: int) -> None:
     """The child process for wit: the same functions the Beam job's StageShard/WriteShard call."""
     import pyarrow.parquet as pq
 
-    from pipelines import shards
+    from wit import shardformat
     from pipelines.download import download_shard
     from pipelines.fetch import FetchOptions
     from pipelines.resize import ResizeOptions
@@ -88,10 +88,10 @@ def run_wit(urls: str, out: str, threads: int, shard_size: int) -> None:
     resize_opts = ResizeOptions(image_size=256, resize_mode="border", encode_quality=95)
     for shard, start in enumerate(range(0, len(rows), shard_size)):
         batch = rows[start:start + shard_size]
-        samples = [shards.Sample(key=shards.key_for(shard, i, shard_size), uid=str(start + i), url=r["url"],
+        samples = [shardformat.Sample(key=shardformat.key_for(shard, i, shard_size), uid=str(start + i), url=r["url"],
                                  caption=r["caption"]) for i, r in enumerate(batch)]
         results = download_shard(samples, fetch_opts, resize_opts, threads)
-        shards.write_shard(out, shard, results)
+        shardformat.write_shard(out, shard, results)
 
 
 def timed_child(cmd: list[str]) -> tuple[float, float]:

@@ -7,13 +7,12 @@ hits). Captions: seeded word sequences drawn by word frequency, 4-16 words,
 with capitals and punctuation, like alt text. One process, one thread.
 
 Measured: `QueryMatcher.match_many` (wit's word-level Aho-Corasick automaton)
-over batches of `pipelines.build.MATCH_BATCH` captions, as the Beam DoFn calls
-it; its answer is the ids as arrays. Baseline, in the same run: pyahocorasick,
-wit's previous matcher (a character automaton over the space-padded match form,
-one call per caption), and the obvious alternative, a dict lookup of every word
-n-gram. All three must give the same sets of ids (checked). More rows show
-where the time goes and what turning every caption's ids into a Python tuple
-adds.
+over batches of `pipelines.match.MATCH_BATCH` captions, as the Beam DoFn calls
+it; its answer is the ids as arrays. Baseline, in the same run: pyahocorasick
+(a character automaton over the space-padded match form, one call per
+caption), and the obvious alternative, a dict lookup of every word n-gram.
+All three must give the same sets of ids (checked). More rows show where the
+time goes and what turning every caption's ids into a Python tuple adds.
 
     python bench/match.py [--captions 200000]
 """
@@ -28,8 +27,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from pipelines.build import MATCH_BATCH  # noqa: E402
-from pipelines.match import QueryMatcher  # noqa: E402
+from pipelines.match import MATCH_BATCH, QueryMatcher  # noqa: E402
 from wit.text import match_form  # noqa: E402
 
 
@@ -67,7 +65,7 @@ def make_captions(n: int, seed: int = 1) -> list[str]:
 
 
 class PyAhoCorasick:
-    """wit's previous matcher, kept as the baseline: pyahocorasick over " {match form} "."""
+    """The baseline: pyahocorasick over " {match form} ", one call per caption."""
 
     def __init__(self, queries: list[str]):
         import ahocorasick

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from trainer.model import CLIP, CLIPConfig, config  # noqa: E402
-from trainer.train import TrainConfig, autocast, iter_captions, make_optimizer, train_step  # noqa: E402
+from trainer.train import TrainConfig, autocast, make_optimizer, train_step  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -140,7 +140,7 @@ def main() -> int:
         per_shard = max(64, a.batch * a.loader_batches // (2 * a.workers) + 1)
         print(f"writing {2 * a.workers} synthetic shards of {per_shard} samples (256 px) to {tmp} ...", flush=True)
         shards = write_shards(tmp, n_shards=2 * a.workers, per_shard=per_shard, image_size=256)
-    captions = list(itertools.islice(iter_captions(shards), 20000))
+    captions = list(itertools.islice(data.iter_captions(shards), 20000))
     tok = train_tokenizer(captions, vocab_size=min(cfg.text.vocab_size, 8192))
     trimmed = tok(captions[: a.batch], trim_multiple=8).shape[1]  # what the loader hands over for such a batch
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "

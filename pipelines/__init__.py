@@ -1,5 +1,5 @@
-"""Apache Beam jobs: candidate pairs in, curated balanced shards out.
+"""The Beam job: candidate pairs in, curated balanced shards out.
 
-Each stage's logic lives in a plain module (candidates, match, balance, fetch,
-resize, dedup, shards); `build` wires them into one Beam pipeline.
+One module per stage, holding its plain logic and its Beam transform side by
+side; `build` wires them in order and `stages` lists what each one counts.
 """

@@ -4,6 +4,9 @@ Column names are configurable as in img2dataset (`url_col`, `caption_col`).
 A bad row becomes a `Reject` naming its file and row, so one bad row never
 costs the rest of the file; a file that cannot be parsed at all raises
 `CandidateFileError` naming the file.
+
+`ReadCandidates` is the job's first stage: file paths in, candidates and
+rejects out, counted as `candidates` and `rejected_rows`.
 """
 
 from __future__ import annotations
@@ -11,17 +14,23 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Union
+from typing import BinaryIO, Iterator, Sequence, Union
 from urllib.parse import urlsplit
 
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines.stages import counter
 from wit import fileio
+from wit.errors import InputError
 from wit.text import clean_caption
 
 FORMATS = ("parquet", "jsonl", "csv", "tsv")
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".deflate", ".lzma", ".xz")
 
 
-class CandidateFileError(ValueError):
+class CandidateFileError(InputError):
     """A candidate file that cannot be read at all."""
 
 
@@ -136,11 +145,48 @@ def iter_file(stream: BinaryIO, path: str, fmt: str, url_col: str = "url",
 def read_path(path: str, fmt: str = "auto", url_col: str = "url",
               caption_col: str = "caption") -> Iterator[Union[Candidate, Reject]]:
     """Read one file through Beam's FileSystems (local, gs://, s3://, hdfs://...)."""
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
     fmt = detect_format(path) if fmt == "auto" else fmt
     # Parquet needs a seekable, uncompressed stream; text formats may be compressed.
     compression = CompressionTypes.UNCOMPRESSED if fmt == "parquet" else CompressionTypes.AUTO
     with FileSystems.open(path, compression_type=compression) as stream:
         yield from iter_file(stream, path, fmt, url_col, caption_col)
+
+
+class ReadCandidates(beam.PTransform):
+    """Candidate files in (the pipeline's root); (candidates, rejects) out."""
+
+    def __init__(self, files: Sequence[str], fmt: str, url_col: str, caption_col: str):
+        super().__init__()
+        self.files, self.fmt, self.url_col, self.caption_col = sorted(files), fmt, url_col, caption_col
+
+    def expand(self, root):
+        read = (
+            root
+            | "CandidateFiles" >> beam.Create(self.files)
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadFile" >> beam.ParDo(_ReadFile(self.fmt, self.url_col, self.caption_col))
+            .with_outputs(_REJECTS, main="candidates")
+        )
+        return read.candidates, read[_REJECTS]
+
+
+_REJECTS = "rejects"
+
+
+class _ReadFile(beam.DoFn):
+    rows, rejected = counter("candidates"), counter("rejected_rows")
+
+    def __init__(self, fmt: str, url_col: str, caption_col: str):
+        self.fmt, self.url_col, self.caption_col = fmt, url_col, caption_col
+
+    def process(self, path: str):
+        n = bad = 0
+        for item in read_path(path, self.fmt, self.url_col, self.caption_col):
+            n += 1
+            if isinstance(item, Reject):
+                bad += 1
+                yield beam.pvalue.TaggedOutput(_REJECTS, item)
+            else:
+                yield item
+        self.rows.inc(n)
+        self.rejected.inc(bad)

@@ -5,20 +5,32 @@ concurrently by `threads` threads (the work is network-bound), decoded and
 resized by at most one thread per core (Pillow releases the GIL meanwhile),
 and the result is staged to one file so that image bytes never travel
 through a Beam shuffle.
+
+`DownloadShards` is the job's stage: shards of pending samples in, each staged
+to DIR/_staging unless it is finished or already staged, and an `ImageInfo`
+out per fetched image for image dedup.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Sequence
+from typing import Optional, Sequence
+
+import apache_beam as beam
 
 from pipelines.fetch import FetchOptions, fetch
+from pipelines.imagededup import ImageInfo
 from pipelines.resize import ResizeError, ResizeOptions, resize_image
-from pipelines.shards import Sample
+from pipelines.stages import counter
+from wit import fileio, shardformat
+from wit.shardformat import Sample, Status
+
+log = logging.getLogger(__name__)
 
 
 def _cores() -> int:
@@ -34,19 +46,17 @@ cpu_slots = threading.BoundedSemaphore(_cores())
 
 def download_sample(sample: Sample, fetch_opts: FetchOptions, resize_opts: ResizeOptions) -> Sample:
     got = fetch(sample.url, fetch_opts)
-    if got.status == "opted_out":
-        return replace(sample, status="opted_out", error_message=got.error, http_status=got.http_status)
-    if got.status != "ok" or got.data is None:
-        return replace(sample, status="failed_to_download", error_message=got.error,
-                       http_status=got.http_status)
+    if not got.ok:
+        return replace(sample, status=Status.OPTED_OUT if got.opted_out else Status.FAILED_TO_DOWNLOAD,
+                       error_message=got.error, error_kind=got.kind, http_status=got.http_status)
     with cpu_slots:
         sha256 = hashlib.sha256(got.data).hexdigest()
         try:
             img = resize_image(got.data, resize_opts)
         except ResizeError as e:
-            return replace(sample, status="failed_to_resize", error_message=str(e), http_status=got.http_status,
-                           sha256=sha256)
-    return replace(sample, status="success", error_message=None, http_status=got.http_status, sha256=sha256,
+            return replace(sample, status=Status.FAILED_TO_RESIZE, error_message=str(e), error_kind=e.kind,
+                           http_status=got.http_status, sha256=sha256)
+    return replace(sample, status=Status.SUCCESS, error_message=None, http_status=got.http_status, sha256=sha256,
                    phash=f"{img.phash:016x}", width=img.width, height=img.height,
                    original_width=img.original_width, original_height=img.original_height, jpg=img.jpeg)
 
@@ -58,3 +68,71 @@ def download_shard(samples: Sequence[Sample], fetch_opts: FetchOptions, resize_o
         return []
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(samples)))) as pool:
         return list(pool.map(lambda s: download_sample(s, fetch_opts, resize_opts), samples))
+
+
+FETCHED = (Status.SUCCESS, Status.DUPLICATE, Status.NEAR_DUPLICATE)  # statuses whose image was downloaded
+
+
+def image_info(shard: int, s: Sample) -> ImageInfo:
+    return ImageInfo(uid=s.uid, key=s.key, shard=shard, sha256=s.sha256, phash=int(s.phash, 16),
+                     pixels=(s.original_width or 0) * (s.original_height or 0))
+
+
+SHARDS = "shards"  # StageShard's second output: the number of every shard it saw
+
+
+class DownloadShards(beam.PTransform):
+    """(shard, pending samples) in; (ImageInfo of every downloaded image, every shard number) out."""
+
+    def __init__(self, out: str, finished: frozenset[int], fetch_opts: FetchOptions, resize_opts: ResizeOptions,
+                 threads: int):
+        super().__init__()
+        self.stage = StageShard(out, finished, fetch_opts, resize_opts, threads)
+
+    def expand(self, pending):
+        staged = pending | "StageShard" >> beam.ParDo(self.stage).with_outputs(SHARDS, main="images")
+        return staged.images, staged[SHARDS]
+
+
+class StageShard(beam.DoFn):
+    """(shard, pending samples) in; ImageInfo out per downloaded image, and the shard number on `SHARDS`."""
+
+    downloaded = counter("downloaded_this_run")
+
+    def __init__(self, out: str, finished: frozenset[int], fetch_opts: FetchOptions,
+                 resize_opts: ResizeOptions, threads: int):
+        self.out, self.finished = out, finished
+        self.fetch_opts, self.resize_opts, self.threads = fetch_opts, resize_opts, threads
+
+    def process(self, item):
+        shard, pending = item
+        pending = sorted(pending, key=lambda s: s.key)
+        p = shardformat.paths(self.out, shard)
+        if shard in self.finished:
+            samples = shardformat.from_table(shardformat.read_parquet(
+                p["parquet"], columns=["key", "uid", "url", "caption", "status", "sha256", "phash",
+                                       "original_width", "original_height"]))
+        else:
+            samples = self._staged(p["staging"], pending)
+            if samples is None:
+                samples = download_shard(pending, self.fetch_opts, self.resize_opts, self.threads)
+                shardformat.write_parquet(p["staging"], samples, shardformat.STAGING_SCHEMA)
+                self.downloaded.inc(len(samples))
+        yield beam.pvalue.TaggedOutput(SHARDS, shard)
+        for s in samples:
+            if s.status in FETCHED:
+                yield image_info(shard, s)
+
+    @staticmethod
+    def _staged(path: str, pending: list[Sample]) -> Optional[list[Sample]]:
+        """A staging file left by an interrupted run, if it holds exactly these samples."""
+        if not fileio.exists(path):
+            return None
+        try:
+            staged = shardformat.read_parquet(path, columns=["key", "uid"]).to_pylist()
+        except Exception as e:  # a torn file cannot exist (atomic writes), but a foreign one can
+            log.warning("%s: unreadable staging file, downloading again: %s", path, e)
+            return None
+        if [(r["key"], r["uid"]) for r in staged] != [(s.key, s.uid) for s in pending]:
+            return None
+        return shardformat.read_samples(path)

@@ -1,8 +1,8 @@
 """Downloading images with urllib3, politely and without hanging.
 
 Every outcome is a `Fetched` value, never an exception: the job records a
-status and an error message per sample, like img2dataset, so one bad URL
-never costs the rest of a shard.
+status, an error kind and a message per sample, like img2dataset, so one bad
+URL never costs the rest of a shard. Retries are decided by the kind.
 
 urllib3 rather than requests on top of it: the fetcher follows redirects
 itself (each hop is checked), reads bodies itself (byte cap, deadline) and
@@ -26,8 +26,10 @@ from urllib3.exceptions import HTTPError
 
 from pipelines import robots
 from pipelines.netguard import NetworkPolicy, pool_manager
-from pipelines.responses import describe, get, read_body, redirect_target
+from pipelines.responses import Failure, failure, get, read_body, redirect_target
 from wit import USER_AGENT
+from wit.options import Options, option
+from wit.shardformat import OPT_OUT_KINDS, ErrorKind
 
 # img2dataset's defaults: the directives by which sites opt out of AI datasets.
 DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
@@ -35,20 +37,34 @@ RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
-class FetchOptions:
-    timeout: float = 10.0  # whole request, not one socket read
-    retries: int = 2
-    retry_backoff: float = 0.5
-    max_redirects: int = 5
-    max_bytes: int = 32 * 1024 * 1024
-    user_agent: str = USER_AGENT
-    user_agent_token: str = "wit"
-    disallowed_directives: tuple[str, ...] = DISALLOWED_DIRECTIVES
-    allow_private_networks: bool = False  # tests and intranets only: see pipelines/netguard.py
-    allowed_addresses: tuple[tuple[str, int], ...] = ()  # (ip, port) exceptions to the private-network refusal
-    max_per_host: int = 8  # concurrent requests to one host, per worker process
-    max_retry_after: float = 30.0  # longest Retry-After honoured; a longer one fails the sample
-    robots_txt: bool = True
+class FetchOptions(Options):
+    timeout: float = option(10.0, help="seconds per request, body included")
+    retries: int = option(2, help="retries on timeouts, connection errors, 5xx and 429")
+    retry_backoff: float = option(0.5, help="first backoff in seconds, doubled each retry")
+    max_redirects: int = option(5, help="redirects followed per request")
+    max_bytes: int = option(32 * 1024 * 1024, help="largest image body fetched")
+    user_agent: str = option(USER_AGENT, help="User-Agent header", cli=False)
+    user_agent_token: str = option("wit", help="name matched against robots.txt groups and X-Robots-Tag "
+                                               "user-agent directives")
+    disallowed_directives: tuple[str, ...] = option(DISALLOWED_DIRECTIVES, help="X-Robots-Tag opt-outs",
+                                                    cli=False)
+    allow_private_networks: bool = option(False, help="fetch from loopback, private and link-local addresses "
+                                                      "(tests, intranets); refused by default, on every redirect hop")
+    allowed_addresses: tuple[tuple[str, int], ...] = option(
+        (), help="(ip, port) exceptions to the private-network refusal", cli=False)
+    max_per_host: int = option(8, help="concurrent requests to one host per worker")
+    max_retry_after: float = option(30.0, help="longest Retry-After (429/503) waited for; longer fails the sample")
+    robots_txt: bool = option(True, help="fetch and honour each host's robots.txt")
+
+    def check(self) -> None:
+        for name in ("timeout", "max_per_host"):
+            if getattr(self, name) <= 0:
+                self.refuse(name, "must be positive")
+        for name in ("retries", "retry_backoff", "max_redirects", "max_retry_after"):
+            if getattr(self, name) < 0:
+                self.refuse(name, "must not be negative")
+        if self.max_bytes < 1:
+            self.refuse("max_bytes", "must be at least 1")
 
     @property
     def policy(self) -> NetworkPolicy:
@@ -62,18 +78,30 @@ class FetchOptions:
 
 @dataclass(frozen=True)
 class Fetched:
-    """One download's outcome. `status` is "ok", "opted_out" or "failed"."""
+    """One download's outcome: the body, or the kind of failure and a message."""
 
-    status: str
     data: Optional[bytes] = None
+    kind: Optional[ErrorKind] = None
     error: Optional[str] = None
     http_status: Optional[int] = None
     final_url: Optional[str] = None
     attempts: int = field(default=1, compare=False)
     retry_after: Optional[float] = field(default=None, compare=False)
 
+    @property
+    def ok(self) -> bool:
+        return self.kind is None
 
-def opted_out(robots_values: list[str], token: str, disallowed: tuple[str, ...]) -> Optional[str]:
+    @property
+    def opted_out(self) -> bool:
+        return self.kind in OPT_OUT_KINDS
+
+
+def _failed(f: Failure, http_status: Optional[int] = None, **kw) -> Fetched:
+    return Fetched(kind=f.kind, error=f.message, http_status=http_status, **kw)
+
+
+def opt_out_directive(robots_values: list[str], token: str, disallowed: tuple[str, ...]) -> Optional[str]:
     """The X-Robots-Tag directive that forbids use by `token`, if any.
 
     A value may name a user agent ("otherbot: noindex"); it then only binds that agent.
@@ -140,12 +168,13 @@ def retry_after_seconds(value: Optional[str]) -> Optional[float]:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _check_url(url: str) -> Optional[str]:
+def _check_url(url: str) -> Optional[Failure]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        return f"unsupported scheme {parts.scheme or '(none)'!r}: only http and https are fetched"
+        return Failure(ErrorKind.INVALID_URL,
+                       f"unsupported scheme {parts.scheme or '(none)'!r}: only http and https are fetched")
     if not parts.hostname:
-        return "no host in the URL"
+        return Failure(ErrorKind.INVALID_URL, "no host in the URL")
     return None
 
 
@@ -155,52 +184,53 @@ def _attempt(url: str, opts: FetchOptions, deadline: float) -> Fetched:
         for _hop in range(opts.max_redirects + 1):
             bad = _check_url(url)
             if bad:
-                return Fetched("failed", error=bad)
+                return _failed(bad)
             if opts.robots_txt:
-                verdict = robots.verdict(url, opts, pool, deadline)
-                if verdict == "disallowed":
-                    return Fetched("opted_out", error=f"robots.txt disallows {urlsplit(url).path or '/'}")
-                if verdict:
-                    return Fetched("failed", error=verdict)
+                refused = robots.verdict(url, opts.user_agent_token, pool, opts.headers, opts.timeout, deadline,
+                                         repr(opts.policy))
+                if refused:
+                    return _failed(refused)
             with get(pool, url, opts.headers, opts.timeout, deadline) as resp:
                 target = redirect_target(resp, url)
                 if target:
                     url = target
                     continue
                 return _read(resp, url, opts, deadline)
-        return Fetched("failed", error=f"more than {opts.max_redirects} redirects")
+        return _failed(Failure(ErrorKind.REDIRECTS, f"more than {opts.max_redirects} redirects"))
     except (HTTPError, ValueError) as e:
-        return Fetched("failed", error=describe(e, opts.timeout))
+        return _failed(failure(e, opts.timeout))
 
 
 def _read(resp: BaseHTTPResponse, url: str, opts: FetchOptions, deadline: float) -> Fetched:
     code = resp.status
     if code != 200:
-        return Fetched("failed", error=f"http {code} {resp.reason or ''}".strip(), http_status=code,
+        return _failed(Failure(ErrorKind.HTTP, f"http {code} {resp.reason or ''}".strip()), code,
                        retry_after=retry_after_seconds(resp.headers.get("Retry-After")))
-    directive = opted_out(resp.headers.getlist("X-Robots-Tag"), opts.user_agent_token, opts.disallowed_directives)
+    directive = opt_out_directive(resp.headers.getlist("X-Robots-Tag"), opts.user_agent_token,
+                                  opts.disallowed_directives)
     if directive:
-        return Fetched("opted_out", error=f"X-Robots-Tag: {directive}", http_status=code)
+        return _failed(Failure(ErrorKind.X_ROBOTS_TAG, f"X-Robots-Tag: {directive}"), code)
     ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
-        return Fetched("failed", error=f"content-type {ctype} is not an image", http_status=code)
+        return _failed(Failure(ErrorKind.NOT_AN_IMAGE, f"content-type {ctype} is not an image"), code)
     length = resp.headers.get("Content-Length")
     if length and length.isdigit() and int(length) > opts.max_bytes:
-        return Fetched("failed", error=f"content-length {length} over {opts.max_bytes} bytes", http_status=code)
+        return _failed(Failure(ErrorKind.TOO_LARGE, f"content-length {length} over {opts.max_bytes} bytes"), code)
     body, cut = read_body(resp, opts.max_bytes, deadline)
     if cut == "over":
-        return Fetched("failed", error=f"body over {opts.max_bytes} bytes", http_status=code)
+        return _failed(Failure(ErrorKind.TOO_LARGE, f"body over {opts.max_bytes} bytes"), code)
     if cut == "timeout":
-        return Fetched("failed", error=f"timeout: body not complete after {opts.timeout:g}s", http_status=code)
-    return Fetched("ok", data=body, http_status=code, final_url=url)
+        return _failed(Failure(ErrorKind.TIMEOUT, f"timeout: body not complete after {opts.timeout:g}s"), code)
+    return Fetched(data=body, http_status=code, final_url=url)
+
+
+_RETRYABLE_KINDS = frozenset({ErrorKind.TIMEOUT, ErrorKind.CONNECTION})
 
 
 def _retryable(result: Fetched) -> bool:
-    if result.status != "failed":
-        return False
-    if result.http_status is not None:
+    if result.kind is ErrorKind.HTTP:
         return result.http_status in RETRYABLE_STATUS
-    return result.error is not None and result.error.startswith(("timeout", "connection error"))
+    return result.kind in _RETRYABLE_KINDS
 
 
 def fetch(url: str, opts: FetchOptions = FetchOptions()) -> Fetched:
@@ -209,7 +239,7 @@ def fetch(url: str, opts: FetchOptions = FetchOptions()) -> Fetched:
     try:
         host = (urlsplit(url).hostname or "").lower()
     except ValueError as e:
-        return Fetched("failed", error=describe(e))
+        return _failed(failure(e))
     slot = _host_slots.get(host, max(1, opts.max_per_host))
     attempt = 0
     while True:
@@ -220,8 +250,9 @@ def fetch(url: str, opts: FetchOptions = FetchOptions()) -> Fetched:
         wait = opts.retry_backoff * (2 ** attempt) * (0.5 + random.random())
         if result.retry_after is not None:
             if result.retry_after > opts.max_retry_after:
-                return replace(result, attempts=attempt + 1, error=f"{result.error}: rate limited, Retry-After "
-                               f"{result.retry_after:.0f}s is over {opts.max_retry_after:g}s")
+                return replace(result, attempts=attempt + 1, kind=ErrorKind.RATE_LIMITED,
+                               error=f"{result.error}: rate limited, Retry-After "
+                                     f"{result.retry_after:.0f}s is over {opts.max_retry_after:g}s")
             wait = max(wait, result.retry_after)
         time.sleep(wait)
         attempt += 1

@@ -12,10 +12,13 @@ queries 0 "circle", 1 "red circle", 2 "red" gives (2, 1, 0).)
 The automaton's alphabet is the queries' vocabulary rather than characters,
 and its goto, failure and output links live in numpy arrays walked by
 numba-compiled kernels over a whole batch of captions at once. Per-caption and
-per-hit Python work held pyahocorasick, the previous matcher, to about 80,000
+per-hit Python work holds a character automaton such as pyahocorasick to about 80,000
 captions/s/core against 500,000 queries (its bare scan: 160,000; bench/match.py
 keeps it as the baseline); a batch here never returns to Python until every
 caption in it is matched.
+
+`MatchQueries` is the job's stage: candidates in, a `Pair` out for each one
+whose caption matches a query, counted as `matched` and `unmatched`.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
+import apache_beam as beam
 import numba
 import numpy as np
 import pyarrow as pa
 
+from pipelines.stages import counter
+from wit.errors import InputError
 from wit.text import match_form
 
 _NO = -1
@@ -70,7 +76,7 @@ def read_queries(path: str) -> list[str]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: query file is not UTF-8 (byte {e.start})") from e
+        raise InputError(f"{path}: query file is not UTF-8 (byte {e.start})") from e
     return [line.split("\t", 1)[0].strip() for line in text.splitlines()]
 
 
@@ -471,3 +477,51 @@ def matcher_for(path: str) -> QueryMatcher:
     if path not in _CACHE:
         _CACHE[path] = QueryMatcher(read_queries(path))
     return _CACHE[path]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A candidate whose caption matched: what the later stages carry instead of the candidate."""
+
+    caption: str
+    url: str
+    matched: tuple[int, ...]
+
+
+MATCH_BATCH = 8192  # captions per matcher call; bench/match.py measures at this size
+
+
+class MatchQueries(beam.PTransform):
+    """Candidates in; a `Pair` out for each caption matching at least one query."""
+
+    def __init__(self, queries: str):
+        super().__init__()
+        self.queries = queries
+
+    def expand(self, candidates):
+        return (
+            candidates
+            | "BatchForMatch" >> beam.BatchElements(min_batch_size=MATCH_BATCH // 16, max_batch_size=MATCH_BATCH)
+            | "MatchBatch" >> beam.ParDo(_MatchBatch(self.queries))
+        )
+
+
+class _MatchBatch(beam.DoFn):
+    """The matcher works a batch at a time: per caption it would spend more on the call than the match."""
+
+    matched, unmatched = counter("matched"), counter("unmatched")
+
+    def __init__(self, queries: str):
+        self.queries = queries
+
+    def setup(self):
+        self.matcher = matcher_for(self.queries)
+
+    def process(self, batch):
+        hits = 0
+        for c, ids in zip(batch, self.matcher.match_many([c.caption for c in batch])):
+            if ids:
+                hits += 1
+                yield Pair(c.caption, c.url, ids)
+        self.matched.inc(hits)
+        self.unmatched.inc(len(batch) - hits)

@@ -20,30 +20,42 @@ from dataclasses import dataclass
 import imagehash
 from PIL import Image, ImageOps
 
+from wit.options import Options, option
+from wit.shardformat import ErrorKind
+
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 OPENABLE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 _ORIENTATION = 0x0112
 HASH_INPUT_MIN = 128
 
 
-class ResizeError(ValueError):
-    """The bytes are not an image we can decode and resize."""
+class ResizeError(Exception):
+    """The bytes are not an image we can decode and resize; `kind` says which way."""
+
+    def __init__(self, kind: ErrorKind, message: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
-class ResizeOptions:
-    image_size: int = 256
-    resize_mode: str = "border"
-    resize_only_if_bigger: bool = False
-    encode_quality: int = 95
-    max_pixels: int = 89_478_485  # Pillow's own decompression-bomb limit
-    min_image_size: int = 0
+class ResizeOptions(Options):
+    image_size: int = option(256, help="side of the stored image, in pixels")
+    resize_mode: str = option("border", help="how images are fitted to --image-size (img2dataset's modes)",
+                              choices=RESIZE_MODES)
+    resize_only_if_bigger: bool = option(False, help="never enlarge an image")
+    encode_quality: int = option(95, help="JPEG quality of the stored image")
+    max_pixels: int = option(89_478_485, help="refuse larger images (decompression bombs; Pillow's own limit)")
+    min_image_size: int = option(0, help="refuse images whose shorter side is smaller")
 
-    def __post_init__(self) -> None:
-        if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize mode {self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
+    def check(self) -> None:
         if self.image_size < 1:
-            raise ValueError(f"image size must be >= 1, got {self.image_size}")
+            self.refuse("image_size", "must be at least 1")
+        if not 1 <= self.encode_quality <= 100:
+            self.refuse("encode_quality", "must be in 1..100")
+        if self.max_pixels < 1:
+            self.refuse("max_pixels", "must be at least 1")
+        if self.min_image_size < 0:
+            self.refuse("min_image_size", "must not be negative")
 
 
 @dataclass(frozen=True)
@@ -100,18 +112,20 @@ def image_format(data: bytes) -> Optional[str]:
 
 def resize_image(data: bytes, opts: ResizeOptions) -> Resized:
     if image_format(data) is None:
-        raise ResizeError(f"not a JPEG/PNG/WebP/GIF image: magic bytes {data[:8].hex() or '(empty)'}")
+        raise ResizeError(ErrorKind.NOT_AN_IMAGE,
+                          f"not a JPEG/PNG/WebP/GIF image: magic bytes {data[:8].hex() or '(empty)'}")
     try:
         img = Image.open(io.BytesIO(data), formats=OPENABLE_FORMATS)
     except Image.DecompressionBombError as e:  # Pillow's own cap (2x its MAX_IMAGE_PIXELS), read from the header
-        raise ResizeError(f"image over the cap of {opts.max_pixels} pixels (decompression bomb): {e}") from e
+        raise ResizeError(ErrorKind.TOO_LARGE,
+                          f"image over the cap of {opts.max_pixels} pixels (decompression bomb): {e}") from e
     except Exception as e:
-        raise ResizeError(f"not a JPEG/PNG/WebP/GIF image: {type(e).__name__}") from e
+        raise ResizeError(ErrorKind.NOT_AN_IMAGE, f"not a JPEG/PNG/WebP/GIF image: {type(e).__name__}") from e
     ow, oh = img.size
     if ow * oh > opts.max_pixels:
-        raise ResizeError(f"image over the cap of {opts.max_pixels} pixels: {ow}x{oh}")
+        raise ResizeError(ErrorKind.TOO_LARGE, f"image over the cap of {opts.max_pixels} pixels: {ow}x{oh}")
     if min(ow, oh) < opts.min_image_size:
-        raise ResizeError(f"image {ow}x{oh} is smaller than {opts.min_image_size}")
+        raise ResizeError(ErrorKind.TOO_SMALL, f"image {ow}x{oh} is smaller than {opts.min_image_size}")
     try:
         if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
             ow, oh = oh, ow  # shown rotated by 90 degrees: report the size as displayed
@@ -128,7 +142,7 @@ def resize_image(data: bytes, opts: ResizeOptions) -> Resized:
         img.load()
         img = _to_rgb(ImageOps.exif_transpose(img))
     except Exception as e:
-        raise ResizeError(f"cannot decode image: {type(e).__name__}: {e}") from e
+        raise ResizeError(ErrorKind.DECODE, f"cannot decode image: {type(e).__name__}: {e}") from e
     decoded = img
     if (tw, th) != img.size:
         # Shrinking: area averaging (BOX), as img2dataset does with OpenCV's INTER_AREA; alias-free

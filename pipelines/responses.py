@@ -1,4 +1,4 @@
-"""Sending one GET, reading its response within a byte cap and a deadline, and naming why it failed.
+"""Sending one GET, reading its response within a byte cap and a deadline, and saying why it failed.
 
 Shared by the image fetcher and the robots.txt reader, so that neither can be
 held by a body that drips a byte at a time or never ends.
@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 from urllib.parse import urljoin
 
 from urllib3 import BaseHTTPResponse, PoolManager, Timeout
 from urllib3.exceptions import NewConnectionError, ProtocolError, SSLError, TimeoutError
 
 from pipelines.netguard import BlockedAddress
+from wit.shardformat import ErrorKind
 
 
 @contextmanager
@@ -22,7 +23,7 @@ def get(pool: PoolManager, url: str, headers: dict[str, str], timeout: float,
         deadline: float) -> Iterator[BaseHTTPResponse]:
     """One GET, no redirect followed, no retry, the body not yet read; back to the pool on leaving.
 
-    Errors are urllib3's own (retries=False), so `describe` sees what really happened. Content is never
+    Errors are urllib3's own (retries=False), so `failure` sees what really happened. Content is never
     decoded: a gzip body could expand past the byte cap inside one read. A connection whose body was
     read to the end is kept alive; any other is closed, so no leftover bytes reach the next request.
     """
@@ -59,19 +60,24 @@ def read_body(resp: BaseHTTPResponse, max_bytes: int, deadline: float) -> tuple[
     return b"".join(chunks), None
 
 
-def describe(e: Exception, timeout: Optional[float] = None) -> str:
-    """The error message of a failed request; its first word says what kind of failure it was."""
+class Failure(NamedTuple):
+    kind: ErrorKind
+    message: str
+
+
+def failure(e: Exception, timeout: Optional[float] = None) -> Failure:
+    """What a request that raised `e` failed of."""
     if isinstance(e, ValueError):  # urllib3's LocationParseError, the idna codec's UnicodeError
-        return f"invalid URL: {_reason(e)}"
+        return Failure(ErrorKind.INVALID_URL, f"invalid URL: {_reason(e)}")
     if isinstance(e, BlockedAddress):
-        return str(e).split(": ", 1)[-1]  # urllib3 prefixes the connection's repr
+        return Failure(ErrorKind.BLOCKED_NETWORK, str(e).split(": ", 1)[-1])  # urllib3 prefixes the connection
     if isinstance(e, SSLError):
-        return f"tls error: {_reason(e)}"
+        return Failure(ErrorKind.TLS, f"tls error: {_reason(e)}")
     if isinstance(e, (NewConnectionError, ProtocolError)):  # before TimeoutError: urllib3 derives the first from it
-        return f"connection error: {_reason(e)}"
+        return Failure(ErrorKind.CONNECTION, f"connection error: {_reason(e)}")
     if isinstance(e, TimeoutError):
-        return f"timeout after {timeout:g}s" if timeout is not None else "timeout"
-    return f"{type(e).__name__}: {_reason(e)}"
+        return Failure(ErrorKind.TIMEOUT, f"timeout after {timeout:g}s" if timeout is not None else "timeout")
+    return Failure(ErrorKind.OTHER, f"{type(e).__name__}: {_reason(e)}")
 
 
 def _reason(e: Exception) -> str:

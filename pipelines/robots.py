@@ -12,17 +12,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 from urllib.parse import urlsplit
 from urllib.robotparser import RobotFileParser
 
 from urllib3 import PoolManager
 from urllib3.exceptions import HTTPError
 
-from pipelines.responses import describe, get, read_body, redirect_target
-
-if TYPE_CHECKING:
-    from pipelines.fetch import FetchOptions
+from pipelines.responses import Failure, failure, get, read_body, redirect_target
+from wit.shardformat import ErrorKind
 
 MAX_BYTES = 500 * 1024
 UNREACHABLE_TTL = 60.0
@@ -30,7 +28,7 @@ MAX_HOSTS = 100_000  # per worker process; the least recently used are forgotten
 ALLOW_ALL = "allow"
 
 
-class Unreachable(str):
+class Unreachable(Failure):
     """Why robots.txt could not be read (a verdict that expires)."""
 
 
@@ -84,11 +82,11 @@ def parse(text: str) -> RobotFileParser:
     return parser
 
 
-def _load(origin: str, opts: "FetchOptions", pool: PoolManager, deadline: float) -> object:
+def _load(origin: str, pool: PoolManager, headers: dict[str, str], timeout: float, deadline: float) -> object:
     url = origin + "/robots.txt"
     try:
         for _hop in range(5):
-            with get(pool, url, opts.headers, opts.timeout, deadline) as resp:
+            with get(pool, url, headers, timeout, deadline) as resp:
                 target = redirect_target(resp, url)
                 if target:
                     url = target
@@ -96,22 +94,24 @@ def _load(origin: str, opts: "FetchOptions", pool: PoolManager, deadline: float)
                 if 400 <= resp.status < 500:
                     return ALLOW_ALL
                 if resp.status != 200:
-                    return Unreachable(f"robots.txt unreachable: http {resp.status}")
+                    return Unreachable(ErrorKind.ROBOTS_UNREACHABLE, f"robots.txt unreachable: http {resp.status}")
                 body, _cut = read_body(resp, MAX_BYTES, deadline)  # a cut file is read as far as it came
                 return parse(body[:MAX_BYTES].decode("utf-8", errors="replace"))
         return ALLOW_ALL  # too many redirects: RFC 9309 treats it as unavailable (4xx)
     except (HTTPError, ValueError) as e:
-        return Unreachable(describe(e))
+        return Unreachable(*failure(e))
 
 
-def verdict(url: str, opts: "FetchOptions", pool: PoolManager, deadline: float) -> Optional[str]:
-    """None if `url` may be fetched; else "disallowed", or why robots.txt could not be read (a 5xx, or the
-    host's connection error, which is then the sample's error too)."""
+def verdict(url: str, token: str, pool: PoolManager, headers: dict[str, str], timeout: float, deadline: float,
+            cache_key: str) -> Optional[Failure]:
+    """None if `token` may fetch `url`; else (ROBOTS_TXT, why), or why robots.txt could not be read (a 5xx,
+    or the host's connection error, which is then the sample's error too). `cache_key` separates verdicts
+    reached under different network policies."""
     parts = urlsplit(url)
     origin = f"{parts.scheme}://{parts.netloc}"
-    rules = cache.rules(origin, repr(opts.policy), lambda: _load(origin, opts, pool, deadline))
+    rules = cache.rules(origin, cache_key, lambda: _load(origin, pool, headers, timeout, deadline))
     if isinstance(rules, Unreachable):
-        return str(rules)
-    if rules == ALLOW_ALL or rules.can_fetch(opts.user_agent_token, url):
+        return rules
+    if rules == ALLOW_ALL or rules.can_fetch(token, url):
         return None
-    return "disallowed"
+    return Failure(ErrorKind.ROBOTS_TXT, f"robots.txt disallows {parts.path or '/'}")

@@ -1,181 +1,69 @@
-"""The shard format: the contract between the dataset job and the trainer.
+"""Writing the shards: the job's last stage.
 
-    DIR/shards/00000.tar            webdataset: KEY.jpg, KEY.txt, KEY.json (successes only)
-    DIR/shards/00000.parquet        one row per sample, every status (img2dataset columns + ours)
-    DIR/shards/00000_stats.json     per-shard counts; written last, so it marks the shard finished
-
-Keys follow img2dataset: shard number then index in the shard, zero padded.
-Bytes are reproducible: tar members have mtime 0 and fixed owner/mode, rows
-are in key order, and nothing time-dependent is stored.
+A staged shard gets the image-dedup verdicts applied and is written in the
+shard format (`wit.shardformat`): tar, Parquet, then the stats that mark it
+finished. Every shard, finished in an earlier run or now, reports its statuses
+as counts, so the run's totals cover the whole dataset.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
-from collections import Counter
-from dataclasses import dataclass, field, fields, replace
-from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
+from dataclasses import replace
+from typing import Iterable, Mapping
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+import apache_beam as beam
 
-from wit import fileio
-
-STATUSES = ("success", "failed_to_download", "failed_to_resize", "opted_out", "duplicate", "near_duplicate")
+from pipelines.imagededup import Verdict
+from pipelines.stages import counter
+from wit import fileio, shardformat
+from wit.shardformat import STATUSES, Sample
 
 
-@dataclass(frozen=True)
-class Sample:
-    key: str
-    uid: str
-    url: str
-    caption: str
-    status: str = "success"
-    error_message: Optional[str] = None
-    width: Optional[int] = None
-    height: Optional[int] = None
-    original_width: Optional[int] = None
-    original_height: Optional[int] = None
-    sha256: Optional[str] = None
-    phash: Optional[str] = None
-    http_status: Optional[int] = None
-    matched_query_ids: tuple[int, ...] = ()
-    selected_query_ids: tuple[int, ...] = ()
-    jpg: Optional[bytes] = field(default=None, repr=False)
-
-    def metadata(self) -> dict:
-        """The sample's JSON/Parquet record (everything but the image)."""
-        record = {name: getattr(self, name) for name in _METADATA}
-        record["matched_query_ids"] = list(self.matched_query_ids)
-        record["selected_query_ids"] = list(self.selected_query_ids)
-        return record
-
-
-_METADATA = tuple(f.name for f in fields(Sample) if f.name != "jpg")  # asdict() deep-copies: 0.1 ms a sample
-_TYPES = {
-    "width": pa.int32(), "height": pa.int32(), "original_width": pa.int32(), "original_height": pa.int32(),
-    "http_status": pa.int32(), "matched_query_ids": pa.list_(pa.int32()),
-    "selected_query_ids": pa.list_(pa.int32()), "jpg": pa.binary(),
-}
-STAGING_SCHEMA = pa.schema([pa.field(f.name, _TYPES.get(f.name, pa.string())) for f in fields(Sample)])
-SCHEMA = STAGING_SCHEMA.remove(STAGING_SCHEMA.get_field_index("jpg"))
-
-
-def shard_name(shard: int) -> str:
-    return f"{shard:05d}"
-
-
-def paths(out_dir: str, shard: int) -> dict[str, str]:
-    base = fileio.join(out_dir, "shards", shard_name(shard))
-    return {"tar": base + ".tar", "parquet": base + ".parquet", "stats": base + "_stats.json",
-            "staging": fileio.join(out_dir, "_staging", shard_name(shard) + ".parquet")}
-
-
-def key_for(shard: int, index: int, shard_size: int) -> str:
-    return f"{shard:05d}{index:0{len(str(max(shard_size - 1, 1)))}d}"
-
-
-def to_table(samples: Sequence[Sample], schema: pa.Schema) -> pa.Table:
-    columns = {name: [] for name in schema.names}
-    for s in samples:
-        for name in schema.names:
-            value = getattr(s, name)
-            columns[name].append(list(value) if isinstance(value, tuple) else value)
-    return pa.table(columns, schema=schema)
-
-
-def from_table(table: pa.Table) -> list[Sample]:
+def apply_verdicts(samples: Iterable[Sample], verdicts: Mapping[str, Verdict]) -> list[Sample]:
+    """Dropped images keep their row, with the verdict's status and reason, and lose their bytes."""
     out = []
-    for row in table.to_pylist():
-        row["matched_query_ids"] = tuple(row.get("matched_query_ids") or ())
-        row["selected_query_ids"] = tuple(row.get("selected_query_ids") or ())
-        out.append(Sample(**row))
+    for s in samples:
+        v = verdicts.get(s.uid)
+        if v is not None:
+            s = replace(s, status=v.status, error_kind=v.kind, error_message=v.message, jpg=None)
+        out.append(s)
     return out
 
 
-def write_parquet(path: str, samples: Sequence[Sample], schema: pa.Schema) -> None:
-    with fileio.atomic_open(path) as f:
-        pq.write_table(to_table(samples, schema), f, compression="zstd")
+class WriteShards(beam.PTransform):
+    """(every shard number, (shard, Verdict) of every dropped image) in; the numbers of the written shards out."""
+
+    def __init__(self, out: str, finished: frozenset[int]):
+        super().__init__()
+        self.out, self.finished = out, finished
+
+    def expand(self, inputs):
+        shards, verdicts = inputs
+        return (
+            {"shard": shards | "ShardKey" >> beam.Map(lambda s: (s, None)), "verdicts": verdicts}
+            | "JoinVerdicts" >> beam.CoGroupByKey()
+            | "WriteShard" >> beam.ParDo(WriteShard(self.out, self.finished))
+        )
 
 
-def read_parquet(path: str, columns: Optional[list[str]] = None) -> pa.Table:
-    return pq.read_table(io.BytesIO(fileio.read_bytes(path)), columns=columns)
+class WriteShard(beam.DoFn):
+    """(shard, {"shard": ..., "verdicts": [...]}) in; the shard written unless it was finished before."""
 
+    statuses = {s: counter(s.value) for s in STATUSES}
 
-def read_samples(path: str) -> list[Sample]:
-    return from_table(read_parquet(path))
+    def __init__(self, out: str, finished: frozenset[int]):
+        self.out, self.finished = out, finished
 
-
-def shard_stats(shard: int, samples: Iterable[Sample]) -> dict:
-    """img2dataset-style per-shard stats, plus a count for each of our statuses."""
-    samples = list(samples)
-    status = Counter(s.status for s in samples)
-    errors = Counter(s.error_message for s in samples if s.error_message)
-    stats = {"shard": shard_name(shard), "count": len(samples), "successes": status["success"]}
-    stats.update({name: status[name] for name in STATUSES if name != "success"})
-    stats["status_dict"] = dict(sorted(errors.items()))
-    return stats
-
-
-def status_count(stats: dict, status: str) -> int:
-    """A status's count in a shard's stats (img2dataset names the success count `successes`)."""
-    return stats.get("successes" if status == "success" else status, 0)
-
-
-def write_members(f: BinaryIO, members: Iterable[tuple[str, bytes]]) -> None:
-    """(name, bytes) members as a plain ustar stream: mtime 0, mode 0444, owner wit, so bytes are reproducible.
-
-    The standard library rather than webdataset's TarWriter: importing webdataset imports torch, over a
-    second of start-up that no dataset worker needs.
-    """
-    with tarfile.open(fileobj=f, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "wit", "wit"
-            tar.addfile(info, io.BytesIO(data))
-
-
-def write_tar(path: str, samples: Sequence[Sample]) -> None:
-    """Successes as webdataset members: KEY.jpg, KEY.json, KEY.txt."""
-    def members() -> Iterator[tuple[str, bytes]]:
-        for s in samples:
-            if s.status == "success":
-                yield f"{s.key}.jpg", s.jpg
-                yield f"{s.key}.json", json.dumps(s.metadata(), sort_keys=True, ensure_ascii=False).encode("utf-8")
-                yield f"{s.key}.txt", s.caption.encode("utf-8")
-
-    with fileio.atomic_open(path) as f:
-        write_members(f, members())
-
-
-def iter_tar(path: str, on_error: Callable[[Exception], bool]) -> Iterator[dict]:
-    """Samples of one tar, streamed and grouped as webdataset does (key = name up to the first dot):
-    {"__key__", "__url__", "jpg": bytes, ...}. Unreadable parts go to `on_error` (return True to go on)."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander
-
-    try:
-        stream = fileio.open_read(path)
-    except Exception as e:
-        on_error(OSError(f"{path}: {e}"))
-        return
-    with stream:
-        yield from group_by_keys(tar_file_expander([{"url": path, "stream": stream}], handler=on_error),
-                                 handler=on_error)
-
-
-def write_shard(out_dir: str, shard: int, samples: Sequence[Sample]) -> dict:
-    """Write tar, parquet, then stats (the 'finished' marker); returns the stats."""
-    samples = sorted(samples, key=lambda s: s.key)
-    p = paths(out_dir, shard)
-    write_tar(p["tar"], samples)
-    write_parquet(p["parquet"], [replace(s, jpg=None) for s in samples], SCHEMA)
-    stats = shard_stats(shard, samples)
-    fileio.write_bytes(p["stats"], json.dumps(stats, indent=1, sort_keys=True).encode() + b"\n")
-    return stats
-
-
-def is_finished(out_dir: str, shard: int) -> bool:
-    p = paths(out_dir, shard)
-    return all(fileio.exists(p[k]) for k in ("tar", "parquet", "stats"))
+    def process(self, item):
+        shard, joined = item
+        p = shardformat.paths(self.out, shard)
+        if shard in self.finished:
+            stats = json.loads(fileio.read_bytes(p["stats"]))
+        else:
+            samples = apply_verdicts(shardformat.read_samples(p["staging"]), {v.uid: v for v in joined["verdicts"]})
+            stats = shardformat.write_shard(self.out, shard, samples)
+            fileio.delete_if_exists(p["staging"])
+        for status, c in self.statuses.items():
+            c.inc(shardformat.status_count(stats, status))
+        yield shard

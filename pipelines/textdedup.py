@@ -8,6 +8,10 @@ lowest-priority caption (a seeded hash, so runs are reproducible) is kept and
 every other caption whose estimated Jaccard similarity to it reaches the
 threshold is dropped. The lowest-priority caption of any similar group is
 never dropped, so no group disappears entirely.
+
+`CaptionDedup` is the job's optional stage (`--caption-dup-threshold`), between
+URL dedup and balancing; its drops are listed in DIR/caption_near_duplicates.tsv
+and counted as `caption_near_duplicates`.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable
 
+import apache_beam as beam
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
+from pipelines.stages import counter
+from wit import fileio
 from wit.text import match_form
 
 NUM_PERM = 128
@@ -88,3 +95,61 @@ def drops_in_bucket(members: Iterable[CaptionSketch], threshold: float) -> list[
         if sim >= threshold:
             out.append(Dropped(other.uid, other.caption, keeper.uid, keeper.caption, sim))
     return out
+
+
+CAPTION_REPORT = "caption_near_duplicates.tsv"
+
+
+class CaptionDedup(beam.PTransform):
+    """(uid, Pair) in; the same out, minus pairs whose caption nearly repeats a kept one's. Off (the input
+    passes through) at threshold 0; the drops go to DIR/caption_near_duplicates.tsv."""
+
+    def __init__(self, threshold: float, seed: int, out: str):
+        super().__init__()
+        self.threshold, self.seed, self.out = threshold, seed, out
+
+    def expand(self, pairs):
+        if self.threshold <= 0:
+            return pairs
+        t, seed = self.threshold, self.seed
+        dropped = (
+            pairs
+            | "Sketch" >> beam.Map(lambda kv: sketch(kv[0], kv[1].caption, seed))
+            | "CaptionBands" >> beam.FlatMap(lambda s: [(k, s) for k in band_keys(s, t)])
+            | "GroupCaptionBand" >> beam.GroupByKey()
+            | "DropsInBucket" >> beam.FlatMap(lambda kv: drops_in_bucket(kv[1], t))
+            | "DropByUid" >> beam.Map(lambda d: (d.uid, d))
+            | "OneDropPerUid" >> beam.CombinePerKey(lambda ds: min(ds, key=lambda d: (-d.similarity, d.kept_uid)))
+        )
+        _ = (dropped
+             | "DroppedList" >> beam.combiners.ToList()
+             | "CaptionReport" >> beam.Map(_write_caption_report, self.out))
+        return (
+            {"pair": pairs, "dropped": dropped}
+            | "JoinCaptionDrops" >> beam.CoGroupByKey()
+            | "KeepUndropped" >> beam.ParDo(_KeepUndropped())
+        )
+
+
+class _KeepUndropped(beam.DoFn):
+    dropped = counter("caption_near_duplicates")
+
+    def process(self, item):
+        uid, joined = item
+        if joined["dropped"]:
+            self.dropped.inc(len(joined["pair"]))
+            return
+        for pair in joined["pair"]:
+            yield uid, pair
+
+
+def _write_caption_report(dropped: list, out: str) -> None:
+    lines = ["uid\tcaption\tkept_uid\tkept_caption\tsimilarity"]
+    for _uid, d in sorted(dropped):
+        lines.append("\t".join([d.uid, _one_line(d.caption), d.kept_uid, _one_line(d.kept_caption),
+                                f"{d.similarity:.3f}"]))
+    fileio.write_bytes(fileio.join(out, CAPTION_REPORT), ("\n".join(lines) + "\n").encode())
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -1,1 +1,1 @@
-"""Regenerating CLIP's 500,000-query list (see issue #4)."""
+"""Regenerating CLIP's 500,000-query list: Wikipedia words and bigrams, popular titles and WordNet lemmas."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from queries import ngrams
+from wit.options import Options, option
 from wit.text import match_form
 
 SOURCES = ("word", "bigram", "title", "wordnet")
@@ -31,12 +32,20 @@ DEFAULT_MIN_PMI = math.log2(30)  # MetaCLIP's "PMI >= 30", read as the co-occurr
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    target: int = 500_000
-    min_word_count: int = 100
-    min_bigram_count: int = 100
-    min_pmi: float = DEFAULT_MIN_PMI
-    min_views: int = 1_000
+class Thresholds(Options):
+    target: int = option(500_000, help="entries in the list")
+    min_word_count: int = option(100, help="occurrences a word needs")
+    min_bigram_count: int = option(100, help="occurrences a bigram needs")
+    min_pmi: float = option(DEFAULT_MIN_PMI, help="log2 PMI a bigram needs (log2(30): co-occurring 30x more "
+                                                  "often than by chance)")
+    min_views: int = option(1_000, help="page views a title needs, summed over --pageviews files")
+
+    def check(self) -> None:
+        if self.target < 1:
+            self.refuse("target", "must be at least 1")
+        for name in ("min_word_count", "min_bigram_count", "min_views"):
+            if getattr(self, name) < 1:
+                self.refuse(name, "must be at least 1")
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 from apache_beam.io.filesystems import FileSystems
@@ -15,19 +15,29 @@ from queries.count import match_all, run_count
 from queries.errors import QueryInputError
 from queries.ngrams import words
 from wit import fileio
+from wit.options import Options, option
 
 DEBIAN_WORDNET = "/usr/share/wordnet"
 WORDFREQ_CORPUS_TOKENS = 3_000_000_000  # roughly English Wikipedia's size in words
 
 
 @dataclass(frozen=True)
-class QueryInputs:
-    wikipedia: tuple[str, ...] = ()
-    unigrams: tuple[str, ...] = ()
-    bigrams: tuple[str, ...] = ()
-    pageviews: tuple[str, ...] = ()
-    wordnet: Optional[str] = None
-    work: Optional[str] = None
+class QueryInputs(Options):
+    wikipedia: tuple[str, ...] = option((), help="pages-articles dump(s), .xml or .xml.bz2 (glob); counted with Beam")
+    unigrams: tuple[str, ...] = option((), help="precomputed 'word<TAB>count' file(s)")
+    bigrams: tuple[str, ...] = option((), help="precomputed 'w1 w2<TAB>count' file(s)")
+    pageviews: tuple[str, ...] = option((), help="pageview dump file(s) ('en Title views bytes' lines), summed "
+                                                 "(glob)")
+    wordnet: Optional[str] = option(None, help=f"WordNet 3.0 database directory or WN-LMF XML (default "
+                                               f"{DEBIAN_WORDNET} if present)")
+    work: Optional[str] = option(None, help="directory for the counting job's output (default OUT/counts)")
+
+
+@dataclass(frozen=True)
+class QueryBuildOptions(Options):
+    out: str = option(help="directory for queries.txt, queries.tsv and composition.json")
+    inputs: QueryInputs = option(default_factory=QueryInputs, help="inputs")
+    thresholds: Thresholds = option(default_factory=Thresholds, help="thresholds")
 
 
 def read_counts(patterns: Sequence[str], what: str, normalise: bool = True) -> dict[str, int]:
@@ -62,15 +72,15 @@ def wordfreq_unigrams() -> dict[str, int]:
     return counts
 
 
-def build(inputs: QueryInputs, t: Thresholds, beam_args: Sequence[str] = ()) -> Result:
+def build(opts: QueryBuildOptions, beam_args: Sequence[str] = ()) -> Result:
+    t = opts.thresholds
+    inputs = opts.inputs if opts.inputs.work else replace(opts.inputs, work=fileio.join(opts.out, "counts"))
     notes = []
     totals: dict = {}
     unigrams: dict[str, int] = {}
     bigrams: dict[str, int] = {}
     titles: dict[str, int] = {}
     if inputs.wikipedia or inputs.pageviews:
-        if not inputs.work:
-            raise QueryInputError("--work DIR is needed to hold the counts of --wikipedia/--pageviews")
         run_count(inputs.work, inputs.wikipedia, inputs.pageviews, t.min_bigram_count, t.min_views, beam_args)
     if inputs.wikipedia:
         unigrams = read_counts([fileio.join(inputs.work, "unigrams-*.tsv")], "unigram")

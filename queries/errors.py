@@ -1,5 +1,7 @@
 """The one error type of the query builder: bad input, named by file."""
 
+from wit.errors import InputError
 
-class QueryInputError(ValueError):
+
+class QueryInputError(InputError):
     """An input file that cannot be used; the message starts with its path."""

@@ -5,9 +5,8 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.balance import priority, select
-from pipelines.build import Balance
-from pipelines.dedup import PairChoice
+from pipelines.balance import Balance, priority, select
+from pipelines.match import Pair
 
 
 def _matches(n=600, queries=12, seed=3):
@@ -44,7 +43,7 @@ def test_cap_must_be_positive():
 def test_beam_balance_equals_the_reference():
     matches = _matches(n=300)
     expected = select(matches, 25, seed=5)
-    pairs = [(uid, PairChoice(f"caption {uid}", f"http://x/{uid}", qs)) for uid, qs in matches.items()]
+    pairs = [(uid, Pair(f"caption {uid}", f"http://x/{uid}", qs)) for uid, qs in matches.items()]
     with TestPipeline() as p:
         out = (p | beam.Create(pairs) | Balance(25, 5)
                | beam.Map(lambda kv: (kv[0], kv[1][1])))

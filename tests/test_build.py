@@ -14,11 +14,13 @@ import pytest
 
 from pipelines import balance
 from pipelines.build import BuildError, BuildOptions, run_build
-from pipelines.dedup import hamming, normalize_url, uid_for
 from pipelines.fetch import FetchOptions
+from pipelines.imagededup import hamming
 from pipelines.match import QueryMatcher
 from pipelines.resize import ResizeOptions
-from pipelines.shards import STATUSES
+from pipelines.stages import REGISTRY, unbalanced
+from pipelines.urldedup import normalize_url, uid_for
+from wit.shardformat import STATUSES
 from wit.text import clean_caption
 
 CAP = 40
@@ -78,6 +80,19 @@ def test_balancing_caps_each_query_and_keeps_small_queries_whole(built):
     assert stats["per_query_before_balancing"]["max"] > CAP
     assert stats["stages"]["selected"] == len(samples) == len(expected)
     assert all_matches == selected
+
+
+def test_every_stage_counts_its_own_drops_and_the_counts_add_up(built):
+    stages = built["stats"]["stages"]
+    assert list(stages) == [c.name for c in REGISTRY]
+    assert unbalanced(stages) == []
+    rows = built["rows"]
+    assert stages["candidates"] == len(rows) and stages["rejected_rows"] == 0
+    assert stages["matched"] == sum(1 for r in rows if r.fault != "no_match")
+    assert stages["unique_pairs"] == len({normalize_url(r.url) for r in rows if r.fault != "no_match"})
+    assert stages["over_cap"] > 0 and stages["downloaded_this_run"] == stages["selected"]
+    samples = _samples(built["root"] / "a")
+    assert Counter(s["status"] for s in samples) == {k: v for k, v in stages.items() if k in STATUSES and v}
 
 
 def test_every_fault_ends_as_a_recorded_status(built):
@@ -205,5 +220,6 @@ def test_report_command_writes_a_self_contained_page(built, tmp_path):
     page = out.read_text()
     assert len(re.findall(r"data:image/png;base64,", page)) == 3  # distribution, statuses, sizes
     assert page.count("<figure>") == 6  # 3 queries x 2 samples, with their captions
-    assert "failed_to_download" in page and "http N Not Found" in page  # errors grouped by kind
+    assert "failed_to_download" in page and "http 404 Not Found" in page  # errors grouped by kind, an example each
+    assert "<td>http</td>" in page and "<td>timeout</td>" in page
     assert main(["report", str(tmp_path / "nothing")]) == 2

@@ -1,17 +1,60 @@
+import dataclasses
 import subprocess
 import sys
 
-from wit.cli import main
+import pytest
+
+from wit.cli import COMMANDS, _flags_of, main, parser
+from wit.options import flag, from_args
+
+# The fewest arguments each command accepts, and the options they must give.
+REQUIRED = {
+    ("build",): (["--candidates", "c", "--queries", "q", "--out", "o"], dict(candidates=("c",), queries="q", out="o")),
+    ("demo",): ([], {}),
+    ("synthweb",): (["--out", "o"], dict(out="o")),
+    ("report",): (["d"], dict(dir="d")),
+    ("queries", "build"): (["--out", "o"], dict(out="o")),
+    ("tokenizer", "train"): (["--shards", "s", "--out", "t"], dict(shards=("s",), out="t")),
+    ("train",): (["--shards", "s", "--out", "o"], dict(shards=("s",), out="o")),
+    ("eval",): (["--checkpoint", "c", "--shards", "s"], dict(checkpoint="c", shards=("s",))),
+}
 
 
 def test_help_lists_subcommands(capsys):
-    try:
+    with pytest.raises(SystemExit) as e:
         main(["--help"])
-    except SystemExit as e:
-        assert e.code == 0
+    assert e.value.code == 0
     out = capsys.readouterr().out
-    for command in ("build", "demo", "synthweb"):
+    for command in ("build", "demo", "synthweb", "report", "queries", "tokenizer", "train", "eval"):
         assert command in out
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c.path))
+def test_command_line_defaults_are_the_options_defaults(cmd):
+    argv, given = REQUIRED[cmd.path]
+    args = parser(full=True).parse_args(list(cmd.path) + argv)
+    cls = cmd.load(cmd.options)
+    assert from_args(cls, args) == cls(**given)
+    assert args.cmd is cmd
+
+
+def _fields(cls):
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            yield from _fields(f.default_factory)
+        else:
+            yield cls, f
+
+
+def test_every_option_field_is_a_flag_or_deliberately_hidden():
+    p = parser(full=True)
+    for cmd in COMMANDS:
+        flags = set(_flags_of(p, cmd))
+        for cls, f in _fields(cmd.load(cmd.options)):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+            if f.metadata.get("positional"):
+                continue
+            assert (flag(cls, f.name) in flags) == f.metadata.get("cli", True), (cmd.path, f.name)
 
 
 def test_build_reports_bad_input_clearly(tmp_path, capsys):
@@ -19,7 +62,47 @@ def test_build_reports_bad_input_clearly(tmp_path, capsys):
     code = main(["build", "--candidates", str(tmp_path / "missing*.jsonl"), "--queries", str(tmp_path / "q.txt"),
                  "--out", str(tmp_path / "out")])
     assert code == 2
-    assert "no file matches" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no file matches" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_wrong_value_or_a_typo_is_one_line_naming_the_flag(tmp_path, capsys):
+    base = ["build", "--candidates", "c", "--queries", "q", "--out", str(tmp_path)]
+    assert main(base + ["--per-query-cap", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "wit build: error: --per-query-cap 0: must be at least 1"
+    assert main(base + ["--per-query-capp", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--per-query-capp: neither a wit flag nor an Apache Beam pipeline option" in err
+    assert "did you mean --per-query-cap?" in err
+    assert main(base + ["--runer", "DirectRunner"]) == 2
+    assert "did you mean --runner?" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", "c", "--bogus", "1"]) == 2
+    assert "--bogus: not a flag of `wit eval`" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", "c"]) == 2
+    assert "nothing to evaluate" in capsys.readouterr().err
+
+
+def test_beam_options_pass_through(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_build(opts, beam_args):
+        seen.update(opts=opts, beam_args=beam_args)
+        return 0
+
+    monkeypatch.setattr("wit.commands.build", fake_build)
+    argv = ["build", "--candidates", "c", "--queries", "q", "--out", "o", "--runner", "DirectRunner",
+            "--direct_num_workers=2", "--seed", "3"]
+    assert main(argv) == 0
+    assert seen["beam_args"] == ["--runner", "DirectRunner", "--direct_num_workers=2"] and seen["opts"].seed == 3
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    def broken(opts, beam_args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr("wit.commands.report", broken)
+    with pytest.raises(KeyError):
+        main(["report", "somewhere"])
 
 
 def test_demo_runs_end_to_end(tmp_path):

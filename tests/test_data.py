@@ -8,6 +8,7 @@ import torch
 
 from trainer.data import Loader, LoaderState, ShardStream, StreamConfig, list_shards, square_crop
 from trainer.tokenizer import train_tokenizer
+from wit.errors import InputError
 from wit.synthweb.dataset import write_shards
 from wit.synthweb.vocab import TEMPLATES
 
@@ -85,7 +86,7 @@ def test_a_resumed_loader_yields_exactly_the_batches_an_uninterrupted_one_would(
 def test_resume_with_other_worker_count_is_refused(shard_dir, tok_json):
     loader = Loader(_cfg(shard_dir, tok_json, workers=2))
     next(loader)
-    with pytest.raises(ValueError, match="same number of ranks and --workers"):
+    with pytest.raises(InputError, match="same number of ranks and --workers"):
         Loader(_cfg(shard_dir, tok_json, workers=0), loader.state)
 
 

@@ -5,7 +5,7 @@ from pipelines import download
 from pipelines.download import download_shard
 from pipelines.fetch import FetchOptions
 from pipelines.resize import ResizeOptions
-from pipelines.shards import Sample
+from wit.shardformat import Sample
 
 
 def test_decoding_runs_on_no_more_threads_than_cpu_slots(web_server, monkeypatch):

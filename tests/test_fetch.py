@@ -1,9 +1,7 @@
-from collections import Counter
-
 from pipelines.download import download_shard
-from pipelines.fetch import FetchOptions, fetch, opted_out
+from pipelines.fetch import FetchOptions, fetch, opt_out_directive
 from pipelines.resize import ResizeOptions
-from pipelines.shards import Sample
+from wit.shardformat import ErrorKind, Sample
 
 LOCAL = dict(allow_private_networks=True)  # the synthetic web is on 127.0.0.1
 FAST = FetchOptions(timeout=0.5, retries=1, retry_backoff=0.01, **LOCAL)
@@ -11,10 +9,10 @@ FAST = FetchOptions(timeout=0.5, retries=1, retry_backoff=0.01, **LOCAL)
 
 def test_x_robots_tag_directives():
     d = ("noai", "noimageai", "noindex", "noimageindex")
-    assert opted_out(["noai, noimageai"], "wit", d) == "noai"
-    assert opted_out(["otherbot: noindex"], "wit", d) is None
-    assert opted_out(["wit: noimageai"], "wit", d) == "noimageai"
-    assert opted_out(["nofollow", "max-image-preview:large"], "wit", d) is None
+    assert opt_out_directive(["noai, noimageai"], "wit", d) == "noai"
+    assert opt_out_directive(["otherbot: noindex"], "wit", d) is None
+    assert opt_out_directive(["wit: noimageai"], "wit", d) == "noimageai"
+    assert opt_out_directive(["nofollow", "max-image-preview:large"], "wit", d) is None
 
 
 def test_every_fault_of_the_synthetic_web_ends_as_a_status(web_server):
@@ -33,7 +31,9 @@ def test_every_fault_of_the_synthetic_web_ends_as_a_status(web_server):
         assert got[fault].status == status, (fault, got[fault])
     assert got["http_404"].error_message.startswith("http 404") and got["http_404"].http_status == 404
     assert got["slow"].error_message.startswith("timeout")
-    assert got["noai"].error_message == "X-Robots-Tag: noai"
+    assert got["noai"].error_message == "X-Robots-Tag: noai" and got["noai"].error_kind is ErrorKind.X_ROBOTS_TAG
+    assert got["http_404"].error_kind is ErrorKind.HTTP and got["slow"].error_kind is ErrorKind.TIMEOUT
+    assert got["truncated"].error_kind is ErrorKind.DECODE and got["ok"].error_kind is None
     assert got["html"].status in ("failed_to_download", "failed_to_resize")
     ok = got["ok"]
     assert ok.jpg and ok.sha256 and len(ok.phash) == 16 and max(ok.width, ok.height) == 64
@@ -42,16 +42,17 @@ def test_every_fault_of_the_synthetic_web_ends_as_a_status(web_server):
 def test_html_labelled_or_disguised_is_never_an_image(web_server):
     _, server = web_server
     labelled = fetch(f"{server.base_url}/html/1.jpg", FAST)
-    assert labelled.status == "failed" and "text/html" in labelled.error
+    assert labelled.kind is ErrorKind.NOT_AN_IMAGE and "text/html" in labelled.error
     disguised = download_shard([Sample(key="k", uid="u", url=f"{server.base_url}/html/2.jpg", caption="c")],
                                FAST, ResizeOptions())[0]
     assert disguised.status == "failed_to_resize" and "not a JPEG" in disguised.error_message
+    assert disguised.error_kind is ErrorKind.NOT_AN_IMAGE
 
 
 def test_server_errors_are_retried_then_reported(web_server):
     _, server = web_server
     got = fetch(f"{server.base_url}/error/3.jpg", FetchOptions(timeout=1, retries=2, retry_backoff=0.01, **LOCAL))
-    assert got.status == "failed" and got.http_status == 500 and got.attempts == 3
+    assert got.kind is ErrorKind.HTTP and got.http_status == 500 and got.attempts == 3
     missing = fetch(f"{server.base_url}/missing/3.jpg", FetchOptions(retries=2, retry_backoff=0.01, **LOCAL))
     assert missing.attempts == 1  # a 404 is not worth retrying
 
@@ -59,11 +60,10 @@ def test_server_errors_are_retried_then_reported(web_server):
 def test_unreachable_host_and_redirect_limit(web_server):
     _, server = web_server
     closed = fetch("http://127.0.0.1:9/x.jpg", FetchOptions(timeout=0.5, retries=0, **LOCAL))
-    assert closed.status == "failed" and closed.error.startswith("connection error")
+    assert closed.kind is ErrorKind.CONNECTION and closed.error.startswith("connection error")
     redirected = fetch(f"{server.base_url}/redirect/5.jpg", FetchOptions(max_redirects=0, **LOCAL))
-    assert redirected.status == "failed" and "redirects" in redirected.error
-    statuses = Counter(fetch(f"{server.base_url}/redirect/{i}.jpg", FAST).status for i in range(3))
-    assert statuses == {"ok": 3}
+    assert redirected.kind is ErrorKind.REDIRECTS and "redirects" in redirected.error
+    assert all(fetch(f"{server.base_url}/redirect/{i}.jpg", FAST).ok for i in range(3))
 
 
 def test_malformed_urls_are_a_status_and_cost_the_shard_nothing(web_server):
@@ -73,5 +73,6 @@ def test_malformed_urls_are_a_status_and_cost_the_shard_nothing(web_server):
     samples = [Sample(key=str(i), uid=str(i), url=u, caption="c") for i, u in enumerate(urls)]
     got = download_shard(samples, FAST, ResizeOptions(image_size=32), threads=4)
     for s in got[:-1]:
-        assert s.status == "failed_to_download" and s.error_message.startswith("invalid URL"), s
+        assert s.status == "failed_to_download" and s.error_kind is ErrorKind.INVALID_URL, s
+        assert s.error_message.startswith("invalid URL"), s
     assert got[-1].status == "success"

@@ -15,11 +15,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from pipelines import robots, shards
+from pipelines import robots
 from pipelines.download import download_shard
 from pipelines.fetch import FetchOptions, fetch
 from pipelines.netguard import NetworkPolicy, refusal, resolve_allowed
 from pipelines.resize import ResizeOptions
+from wit import shardformat as shards
+from wit.shardformat import ErrorKind as K
 
 
 def _jpeg() -> bytes:
@@ -203,25 +205,27 @@ def _opts(hostile: Hostile, **kw) -> FetchOptions:
     return FetchOptions(**base)
 
 
-# (path, expected status in the parquet, start of the error message)
+# (path, expected status in the parquet, error kind, start of the error message)
 CASES = [
-    ("/drip.jpg", "failed_to_download", "timeout"),
-    ("/endless.jpg", "failed_to_download", "body over 1048576 bytes"),
-    ("/huge.jpg", "failed_to_download", "content-length 10737418240 over"),
-    ("/bomb.png", "failed_to_resize", "image over the cap of 89478485 pixels (decompression bomb)"),
-    ("/html-as-jpeg.jpg", "failed_to_resize", "not a JPEG/PNG/WebP/GIF image: magic bytes"),
-    ("/svg.svg", "failed_to_resize", "not a JPEG/PNG/WebP/GIF image: magic bytes"),
-    ("/page.html", "failed_to_download", "content-type text/html is not an image"),
-    ("/to-loopback", "failed_to_download", "blocked: 127.0.0.1 resolves to a loopback address"),
-    ("/to-localhost", "failed_to_download", "blocked: localhost resolves to a loopback address"),
-    ("/to-mapped", "failed_to_download", "blocked: ::ffff:127.0.0.1 resolves to a IPv6-embedded loopback"),
-    ("/to-decimal", "failed_to_download", "blocked: 2130706433 resolves to a loopback address"),
-    ("/to-metadata", "failed_to_download", "blocked: 169.254.169.254 resolves to a link-local address"),
-    ("/to-ftp", "failed_to_download", "unsupported scheme 'ftp'"),
-    ("/loop", "failed_to_download", "more than 5 redirects"),
-    ("/429-forever.jpg", "failed_to_download", "http 429"),
-    ("/private/a.jpg", "opted_out", "robots.txt disallows /private/a.jpg"),
-    ("/nothing-here.jpg", "failed_to_download", "http 404"),
+    ("/drip.jpg", "failed_to_download", K.TIMEOUT, "timeout"),
+    ("/endless.jpg", "failed_to_download", K.TOO_LARGE, "body over 1048576 bytes"),
+    ("/huge.jpg", "failed_to_download", K.TOO_LARGE, "content-length 10737418240 over"),
+    ("/bomb.png", "failed_to_resize", K.TOO_LARGE, "image over the cap of 89478485 pixels (decompression bomb)"),
+    ("/html-as-jpeg.jpg", "failed_to_resize", K.NOT_AN_IMAGE, "not a JPEG/PNG/WebP/GIF image: magic bytes"),
+    ("/svg.svg", "failed_to_resize", K.NOT_AN_IMAGE, "not a JPEG/PNG/WebP/GIF image: magic bytes"),
+    ("/page.html", "failed_to_download", K.NOT_AN_IMAGE, "content-type text/html is not an image"),
+    ("/to-loopback", "failed_to_download", K.BLOCKED_NETWORK, "blocked: 127.0.0.1 resolves to a loopback address"),
+    ("/to-localhost", "failed_to_download", K.BLOCKED_NETWORK, "blocked: localhost resolves to a loopback address"),
+    ("/to-mapped", "failed_to_download", K.BLOCKED_NETWORK,
+     "blocked: ::ffff:127.0.0.1 resolves to a IPv6-embedded loopback"),
+    ("/to-decimal", "failed_to_download", K.BLOCKED_NETWORK, "blocked: 2130706433 resolves to a loopback address"),
+    ("/to-metadata", "failed_to_download", K.BLOCKED_NETWORK,
+     "blocked: 169.254.169.254 resolves to a link-local address"),
+    ("/to-ftp", "failed_to_download", K.INVALID_URL, "unsupported scheme 'ftp'"),
+    ("/loop", "failed_to_download", K.REDIRECTS, "more than 5 redirects"),
+    ("/429-forever.jpg", "failed_to_download", K.RATE_LIMITED, "http 429"),
+    ("/private/a.jpg", "opted_out", K.ROBOTS_TXT, "robots.txt disallows /private/a.jpg"),
+    ("/nothing-here.jpg", "failed_to_download", K.HTTP, "http 404"),
 ]
 
 
@@ -229,7 +233,7 @@ def test_every_hostile_case_ends_as_a_status_and_the_good_samples_survive(server
     hostile, internal = servers
     robots.cache.clear()
     base = f"http://127.0.0.1:{hostile.server_address[1]}"
-    urls = [base + path for path, _, _ in CASES] + [f"{base}/ok/{i}.jpg" for i in range(6)]
+    urls = [base + path for path, *_ in CASES] + [f"{base}/ok/{i}.jpg" for i in range(6)]
     samples = [shards.Sample(key=shards.key_for(0, i, len(urls)), uid=f"u{i}", url=u, caption="c")
                for i, u in enumerate(urls)]
     started = time.monotonic()
@@ -238,9 +242,10 @@ def test_every_hostile_case_ends_as_a_status_and_the_good_samples_survive(server
     assert elapsed < 20, f"a worker hung: {elapsed:.1f}s"  # every request has a 1 s deadline (+1 retry)
     shards.write_shard(str(tmp_path), 0, results)
     rows = {s.url: s for s in shards.read_samples(shards.paths(str(tmp_path), 0)["parquet"])}
-    for path, status, message in CASES:
+    for path, status, kind, message in CASES:
         row = rows[base + path]
-        assert row.status == status and (row.error_message or "").startswith(message), (path, row)
+        assert row.status == status and row.error_kind is kind, (path, row)
+        assert (row.error_message or "").startswith(message), (path, row)
     for i in range(6):
         assert rows[f"{base}/ok/{i}.jpg"].status == "success"
     assert internal.hits == 0  # no redirect ever reached the internal service
@@ -251,10 +256,10 @@ def test_retry_after_is_honoured(servers):
     base = f"http://127.0.0.1:{hostile.server_address[1]}"
     started = time.monotonic()
     got = fetch(f"{base}/429-then-ok.jpg", _opts(hostile, retries=2, robots_txt=False))
-    assert got.status == "ok" and got.attempts == 2
+    assert got.ok and got.attempts == 2
     assert time.monotonic() - started >= 1.0  # waited the server's Retry-After, not the 10 ms backoff
     refused = fetch(f"{base}/429-forever.jpg", _opts(hostile, robots_txt=False))
-    assert refused.status == "failed" and "Retry-After 3600s is over 30s" in refused.error
+    assert refused.kind is K.RATE_LIMITED and "Retry-After 3600s is over 30s" in refused.error
     assert refused.attempts == 1
 
 
@@ -266,7 +271,7 @@ def test_per_host_concurrency_is_capped(servers):
     opts = _opts(hostile, max_per_host=3, robots_txt=False)
     with ThreadPoolExecutor(12) as pool:
         results = list(pool.map(lambda i: fetch(f"{base}/busy/{i}.jpg", opts), range(12)))
-    assert all(r.status == "ok" for r in results)
+    assert all(r.ok for r in results)
     assert hostile.max_in_flight == 3
 
 
@@ -285,10 +290,11 @@ def test_the_guard_refuses_private_addresses_directly():
 def test_direct_private_urls_are_refused_unless_allowed(servers):
     hostile, internal = servers
     url = f"http://127.0.0.1:{internal.server_address[1]}/latest"
-    assert fetch(url, FetchOptions(timeout=1, retries=0)).error.startswith("blocked: 127.0.0.1")
+    refused = fetch(url, FetchOptions(timeout=1, retries=0))
+    assert refused.kind is K.BLOCKED_NETWORK and refused.error.startswith("blocked: 127.0.0.1")
     assert internal.hits == 0
     allowed = fetch(url, FetchOptions(timeout=1, retries=0, allow_private_networks=True, robots_txt=False))
-    assert allowed.status == "ok" and allowed.data == b"secret"
+    assert allowed.ok and allowed.data == b"secret"
     assert internal.hits == 1
 
 
@@ -321,16 +327,16 @@ def test_tls_errors_are_a_status_not_a_crash(tmp_path):
     try:
         port = hostile.server_address[1]
         got = fetch(f"https://127.0.0.1:{port}/ok/1.jpg", _opts(hostile, robots_txt=False))
-        assert got.status == "failed" and got.error.startswith("tls error") and "CERTIFICATE_VERIFY_FAILED" in got.error
+        assert got.kind is K.TLS and got.error.startswith("tls error") and "CERTIFICATE_VERIFY_FAILED" in got.error
         plain = fetch(f"http://127.0.0.1:{port}/ok/1.jpg", _opts(hostile, robots_txt=False))  # http to a TLS port
-        assert plain.status == "failed" and plain.error.startswith("connection error")
+        assert plain.kind is K.CONNECTION and plain.error.startswith("connection error")
     finally:
         hostile.shutdown()
         hostile.server_close()
 
 
-@pytest.mark.parametrize("status,expected", [(404, ("ok", None)),
-                                             (503, ("failed", "robots.txt unreachable: http 503"))])
+@pytest.mark.parametrize("status,expected", [(404, (None, None)),
+                                             (503, (K.ROBOTS_UNREACHABLE, "robots.txt unreachable: http 503"))])
 def test_robots_txt_answers_follow_rfc_9309(status, expected):
     """4xx: no rules, everything may be fetched; 5xx: the host may not be crawled (and the sample says why)."""
     server = Hostile(9, robots_status=status)
@@ -338,7 +344,7 @@ def test_robots_txt_answers_follow_rfc_9309(status, expected):
     try:
         robots.cache.clear()
         got = fetch(f"http://127.0.0.1:{server.server_address[1]}/private/a.jpg", _opts(server))
-        assert (got.status, got.error) == expected
+        assert (got.kind, got.error) == expected
     finally:
         server.shutdown()
         server.server_close()
@@ -380,4 +386,4 @@ def test_keep_alive_reuses_only_connections_read_to_the_end(servers):
     assert fetch(f"{base}/endless.jpg", opts).error.startswith("body over")
     assert fetch(f"{base}/page.html", opts).error.startswith("content-type text/html")  # its body never read
     after = fetch(f"{base}/ok/after.jpg", opts)
-    assert after.status == "ok" and after.data == JPEG
+    assert after.ok and after.data == JPEG

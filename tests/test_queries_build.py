@@ -5,7 +5,7 @@ import json
 import pytest
 
 from queries.assemble import Thresholds
-from queries.build import QueryInputs, build, write
+from queries.build import QueryBuildOptions, QueryInputs, build, write
 from queries.errors import QueryInputError
 from tests.queries_fixtures import standard_dump, write_pageviews, write_wordnet
 from wit.cli import main
@@ -60,7 +60,7 @@ def test_exact_target_and_byte_identical_reruns(inputs, tmp_path):
 
 
 def test_offline_default_uses_wordfreq(tmp_path, capsys):
-    result = build(QueryInputs(wordnet=None), Thresholds(target=2000))
+    result = build(QueryBuildOptions(str(tmp_path), QueryInputs(wordnet=None), Thresholds(target=2000)))
     assert len(result.entries) == 2000 and result.entries[0].query == "the"
     assert any("wordfreq" in n for n in result.report["notes"])
     write(result, str(tmp_path))
@@ -73,13 +73,14 @@ def test_bad_inputs_name_the_file(inputs, tmp_path):
     data = dump.read_bytes()
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(Exception, match="cut.xml.bz2: truncated or corrupt"):
-        build(QueryInputs(wikipedia=(str(cut),), work=str(tmp_path / "w")), Thresholds(target=10))
+        build(QueryBuildOptions(str(tmp_path), QueryInputs(wikipedia=(str(cut),)), Thresholds(target=10)))
     with pytest.raises(QueryInputError, match="data.noun: missing WordNet data file"):
-        build(QueryInputs(wordnet=str(write_wordnet(tmp_path / "wn", skip="data.noun"))), Thresholds(target=10))
+        wordnet = str(write_wordnet(tmp_path / "wn", skip="data.noun"))
+        build(QueryBuildOptions(str(tmp_path), QueryInputs(wordnet=wordnet), Thresholds(target=10)))
     bad = tmp_path / "u.tsv"
     bad.write_text("the\t10\nbroken line\n")
     with pytest.raises(QueryInputError, match="u.tsv: line 2: expected"):
-        build(QueryInputs(unigrams=(str(bad),)), Thresholds(target=10))
+        build(QueryBuildOptions(str(tmp_path), QueryInputs(unigrams=(str(bad),)), Thresholds(target=10)))
 
 
 def test_wit_build_takes_the_produced_files(inputs, tmp_path):

@@ -1,68 +1,44 @@
-import io
+"""The write stage: verdicts applied to a staged shard, the shard written, every shard's statuses counted."""
+
 import json
-import os
-import tarfile
 
-import pytest
-import webdataset as wds
+import apache_beam as beam
 
-from pipelines import shards
-from pipelines.shards import Sample
-from wit import fileio
-
-
-def _samples():
-    return [
-        Sample(key="000001", uid="b", url="http://x/b", caption="two", status="failed_to_download",
-               error_message="http 404", http_status=404, matched_query_ids=(1,), selected_query_ids=(1,)),
-        Sample(key="000000", uid="a", url="http://x/a", caption="one", width=2, height=2, original_width=4,
-               original_height=4, sha256="s", phash="00ff00ff00ff00ff", http_status=200,
-               matched_query_ids=(0, 1), selected_query_ids=(0,), jpg=b"\xff\xd8jpeg"),
-    ]
+from pipelines import stages
+from pipelines.imagededup import Verdict
+from pipelines.shards import WriteShards, apply_verdicts
+from wit import shardformat
+from wit.shardformat import ErrorKind, Sample, Status
 
 
-def test_shard_files_are_byte_reproducible_and_consistent(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    stats = shards.write_shard(str(a), 0, _samples())
-    shards.write_shard(str(b), 0, list(reversed(_samples())))
-    for name in ("00000.tar", "00000.parquet", "00000_stats.json"):
-        assert (a / "shards" / name).read_bytes() == (b / "shards" / name).read_bytes(), name
-    assert stats["count"] == 2 and stats["successes"] == 1 and stats["failed_to_download"] == 1
-    assert sorted(os.listdir(a / "shards")) == ["00000.parquet", "00000.tar", "00000_stats.json"]
-
-    with tarfile.open(a / "shards" / "00000.tar") as tar:
-        assert tar.getnames() == ["000000.jpg", "000000.json", "000000.txt"]
-        assert all(m.mtime == 0 for m in tar.getmembers())
-    rows = shards.read_parquet(str(a / "shards" / "00000.parquet")).to_pylist()
-    assert [r["key"] for r in rows] == ["000000", "000001"]
-    assert rows[0]["selected_query_ids"] == [0] and "jpg" not in rows[0]
+def _staged(n: int) -> list[Sample]:
+    return [Sample(key=shardformat.key_for(0, i, 10), uid=f"u{i}", url=f"http://x/{i}", caption="c",
+                   sha256=f"s{i}", phash="0" * 16, jpg=b"\xff\xd8jpeg") for i in range(n)]
 
 
-def test_webdataset_reads_the_tar(tmp_path):
-    shards.write_shard(str(tmp_path), 3, _samples())
-    (sample,) = list(wds.WebDataset(str(tmp_path / "shards" / "00003.tar"), shardshuffle=False))
-    assert sample["__key__"] == "000000" and sample["jpg"] == b"\xff\xd8jpeg" and sample["txt"] == b"one"
-    meta = json.loads(sample["json"])
-    assert meta["url"] == "http://x/a" and meta["matched_query_ids"] == [0, 1]
+def test_a_verdict_keeps_the_row_and_drops_the_image():
+    v = Verdict("u1", Status.DUPLICATE, ErrorKind.DUPLICATE, "duplicate of 000")
+    out = apply_verdicts(_staged(3), {"u1": v})
+    assert [s.status for s in out] == [Status.SUCCESS, Status.DUPLICATE, Status.SUCCESS]
+    assert out[1].jpg is None and out[1].error_kind is ErrorKind.DUPLICATE and out[1].error_message == v.message
+    assert out[0].jpg == b"\xff\xd8jpeg"
 
 
-def test_atomic_write_leaves_nothing_on_failure(tmp_path):
-    target = tmp_path / "out.bin"
-    with pytest.raises(RuntimeError):
-        with fileio.atomic_open(str(target)) as f:
-            f.write(b"half")
-            raise RuntimeError("crash")
-    assert os.listdir(tmp_path) == []
-
-
-def test_keys_follow_img2dataset_layout():
-    assert shards.key_for(12, 34, 10_000) == "000120034"
-    assert shards.key_for(0, 7, 100) == "0000007"
-
-
-def test_staging_round_trip_keeps_images(tmp_path):
-    path = str(tmp_path / "s.parquet")
-    shards.write_parquet(path, _samples(), shards.STAGING_SCHEMA)
-    back = {s.key: s for s in shards.read_samples(path)}
-    assert back["000000"].jpg == b"\xff\xd8jpeg" and back["000000"].matched_query_ids == (0, 1)
-    assert io.BytesIO(fileio.read_bytes(path)).read(4) == b"PAR1"
+def test_write_shards_writes_staged_shards_and_counts_finished_ones_too(tmp_path):
+    out = str(tmp_path)
+    shardformat.write_shard(out, 1, [Sample(key="000010", uid="f", url="http://x/f", caption="c",
+                                            status=Status.FAILED_TO_DOWNLOAD, error_kind=ErrorKind.HTTP)])
+    shardformat.write_parquet(shardformat.paths(out, 0)["staging"], _staged(3), shardformat.STAGING_SCHEMA)
+    verdict = Verdict("u2", Status.NEAR_DUPLICATE, ErrorKind.NEAR_DUPLICATE, "near duplicate of 001")
+    p = beam.Pipeline("DirectRunner")
+    _ = ((p | "Shards" >> beam.Create([0, 1]), p | "Verdicts" >> beam.Create([(0, verdict)]))
+         | WriteShards(out, finished=frozenset({1})))
+    result = p.run()
+    result.wait_until_finish()
+    counts = stages.from_metrics(result)
+    assert (counts["success"], counts["near_duplicate"], counts["failed_to_download"]) == (2, 1, 1)
+    stats = json.loads((tmp_path / "shards" / "00000_stats.json").read_text())
+    assert stats["successes"] == 2 and stats["near_duplicate"] == 1
+    assert not (tmp_path / "_staging" / "00000.parquet").exists()
+    rows = shardformat.read_samples(shardformat.paths(out, 0)["parquet"])
+    assert rows[2].status is Status.NEAR_DUPLICATE and rows[2].error_message == "near duplicate of 001"

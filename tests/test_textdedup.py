@@ -2,8 +2,8 @@ import apache_beam as beam
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import textdedup
-from pipelines.build import CAPTION_REPORT, CaptionDedup
-from pipelines.dedup import PairChoice
+from pipelines.match import Pair
+from pipelines.textdedup import CAPTION_REPORT, CaptionDedup
 
 SPAM = [f"Buy cheap red shoes online at the best price in town today | ShoeShop {year}" for year in range(2000, 2010)]
 OTHER = ["a photo of a dog playing in the snow", "sunset over the mountains with a lake", "a red circle"]
@@ -36,9 +36,9 @@ def test_similar_captions_share_a_band_and_the_lowest_priority_is_kept():
 
 def test_caption_dedup_transform_drops_near_duplicates_and_reports_them(tmp_path):
     captions = SPAM + OTHER
-    pairs = [(f"u{i:02d}", PairChoice(c, f"http://x/{i}.jpg", (0,))) for i, c in enumerate(captions)]
+    pairs = [(f"u{i:02d}", Pair(c, f"http://x/{i}.jpg", (0,))) for i, c in enumerate(captions)]
     with beam.Pipeline("DirectRunner") as p:
-        kept, dropped = p | beam.Create(pairs) | CaptionDedup(0.7, seed=0, out=str(tmp_path))
+        kept = p | beam.Create(pairs) | CaptionDedup(0.7, seed=0, out=str(tmp_path))
         kept_uids = kept | "KeptUids" >> beam.Keys()
         assert_that(kept_uids | "CountKept" >> beam.combiners.Count.Globally(), equal_to([1 + len(OTHER)]),
                     label="OneSpamKept")
@@ -48,3 +48,11 @@ def test_caption_dedup_transform_drops_near_duplicates_and_reports_them(tmp_path
     assert lines[0].split("\t") == ["uid", "caption", "kept_uid", "kept_caption", "similarity"]
     assert len(lines) == 1 + len(SPAM) - 1
     assert all(float(line.split("\t")[4]) >= 0.7 for line in lines[1:])
+
+
+def test_caption_dedup_is_off_at_threshold_zero(tmp_path):
+    pairs = [(f"u{i:02d}", Pair(c, f"http://x/{i}.jpg", (0,))) for i, c in enumerate(SPAM)]
+    with beam.Pipeline("DirectRunner") as p:
+        kept = p | beam.Create(pairs) | CaptionDedup(0.0, seed=0, out=str(tmp_path))
+        assert_that(kept, equal_to(pairs))
+    assert not (tmp_path / CAPTION_REPORT).exists()

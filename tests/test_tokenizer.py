@@ -1,6 +1,7 @@
 import pytest
 
 from trainer.tokenizer import CONTEXT_LENGTH, Tokenizer, train_tokenizer
+from wit.errors import InputError
 
 CAPTIONS = ["a red circle", "A photo of a blue square", "my drawing of a star. It is green!",
             "clip art: triangle (yellow)", "a large purple ring"] * 20
@@ -52,5 +53,5 @@ def test_save_and_load_round_trip(tok, tmp_path):
 def test_a_broken_tokenizer_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "tokenizer.json"
     bad.write_text('{"not": "a tokenizer"')
-    with pytest.raises(ValueError, match="tokenizer.json: not a tokenizers JSON file"):
+    with pytest.raises(InputError, match="tokenizer.json: not a tokenizers JSON file"):
         Tokenizer.load(str(bad))

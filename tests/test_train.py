@@ -5,10 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.evaluate import load_model, retrieval, write_classification_set
+from trainer.checkpoint import load_model
+from trainer.evaluate import retrieval, write_classification_set
 from trainer.model import CLIP, config
 from trainer.train import TrainConfig, lr_factor, param_groups, train
 from wit.cli import main
+from wit.errors import InputError
 from wit.synthweb.dataset import write_shards
 from wit.synthweb.vocab import COLOURS, SHAPES, Concept
 
@@ -43,7 +45,7 @@ def test_resume_takes_the_same_next_step_as_an_uninterrupted_run(shard_dir, tmp_
 
 def test_resume_refuses_another_model(shard_dir, tmp_path):
     train(_cfg(shard_dir, tmp_path, steps=1))
-    with pytest.raises(ValueError, match="different model"):
+    with pytest.raises(InputError, match="different model"):
         train(_cfg(shard_dir, tmp_path, steps=2, model="tiny-rn"))
 
 

@@ -1,1 +1,4 @@
-"""CLIP trainer that reads the shards written by `wit build` (see issue #3)."""
+"""CLIP trainer that reads the shards written by `wit build` (the format in `wit.shardformat`).
+
+It imports wit's core only, never the Beam job, so a training machine needs neither.
+"""

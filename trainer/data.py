@@ -28,8 +28,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipelines.shards import iter_tar
 from wit import fileio
+from wit.errors import InputError
+from wit.shardformat import iter_tar
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,16 @@ def list_shards(patterns: Sequence[str]) -> list[str]:
             p = fileio.join(p, "*.tar")
         expanded.append(p)
     return [m.path for m in fileio.match_files(expanded, "shards")]
+
+
+def iter_captions(shards: Sequence[str]) -> Iterator[str]:
+    """Every readable caption of the shards, in order (what the tokenizer is trained on)."""
+    for path in shards:
+        for sample in iter_tar(path, lambda e: True):
+            try:
+                yield caption(sample)
+            except CorruptSample:
+                continue
 
 
 def image_bytes(sample: dict) -> bytes:
@@ -161,7 +172,7 @@ class ShardStream(IterableDataset):
         self.n_streams = max(1, cfg.workers)
         self.start = start or LoaderState([StreamPosition() for _ in range(self.n_streams)])
         if len(self.start.streams) != self.n_streams:
-            raise ValueError(f"the checkpoint's loader had {len(self.start.streams)} streams per rank, this run "
+            raise InputError(f"the checkpoint's loader had {len(self.start.streams)} streams per rank, this run "
                              f"{self.n_streams}; resume with the same number of ranks and --workers")
         self._tokenizer = None
 
@@ -232,7 +243,7 @@ class ShardStream(IterableDataset):
                     emitted += 1
                     images, texts = [], []
             if emitted == 0 and skip == 0:
-                raise ValueError(f"rank {self.cfg.rank} stream {stream}: an epoch gives no full batch of "
+                raise InputError(f"rank {self.cfg.rank} stream {stream}: an epoch gives no full batch of "
                                  f"{self.cfg.batch_size} (shards: {', '.join(self.epoch_shards(epoch, stream))})")
             epoch, skip = epoch + 1, 0
 
@@ -243,7 +254,7 @@ class Loader:
     def __init__(self, cfg: StreamConfig, start: Optional[LoaderState] = None):
         per_rank = len(cfg.shards) // cfg.world_size
         if per_rank < 1:
-            raise ValueError(f"{len(cfg.shards)} shard(s) for {cfg.world_size} rank(s): each rank needs at least one")
+            raise InputError(f"{len(cfg.shards)} shard(s) for {cfg.world_size} rank(s): each rank needs at least one")
         # More workers than shards per rank would leave workers with nothing to read.
         cfg = replace(cfg, workers=min(cfg.workers, per_rank))
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # Rust threads and forked workers don't mix

@@ -11,35 +11,40 @@ image, and reports recall@1/5/10 in both directions.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.shards import iter_tar, write_members
 from trainer import data
-from trainer.model import CLIP, CLIPConfig
+from trainer.checkpoint import load_model
+from trainer.model import CLIP
 from trainer.tokenizer import Tokenizer
 from wit import fileio
+from wit.errors import InputError
+from wit.options import Options, option
+from wit.shardformat import iter_tar, write_members
 
 CLASSNAMES = "classnames.txt"
 TEMPLATES = "zeroshot_classification_templates.txt"
 
 
-def load_model(checkpoint: str, device: torch.device | str = "cpu") -> tuple[CLIP, Tokenizer]:
-    """A checkpoint path, or a training --out directory (its latest checkpoint)."""
-    from trainer.train import latest_checkpoint, load_checkpoint
+@dataclass(frozen=True)
+class EvalOptions(Options):
+    checkpoint: str = option(help="a .pt checkpoint or a `wit train --out` directory")
+    shards: tuple[str, ...] = option((), help="held-out image-caption shards for retrieval")
+    zeroshot: tuple[str, ...] = option((), help="classification set directory (clip_benchmark's layout)")
+    batch_size: int = option(256, help="images per forward pass")
+    device: Optional[str] = option(None, help="default cuda if available, else cpu")
+    json: Optional[str] = option(None, help="also write the results here as JSON")
 
-    if not checkpoint.endswith(".pt"):
-        latest = latest_checkpoint(checkpoint)
-        if latest is None:
-            raise ValueError(f"{checkpoint}: no checkpoints/latest; pass a .pt file or a `wit train --out` directory")
-        checkpoint = latest
-    state = load_checkpoint(checkpoint, device)
-    model = CLIP(CLIPConfig.from_dict(state["model_config"]))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), Tokenizer.from_str(state["tokenizer"])
+    def check(self) -> None:
+        if not self.shards and not self.zeroshot:
+            self.refuse("shards", "nothing to evaluate: pass --shards (retrieval) and/or --zeroshot DIR")
+        if self.batch_size < 1:
+            self.refuse("batch_size", "must be at least 1")
 
 
 def _eval_samples(shards: Sequence[str], errors: list) -> Iterator[dict]:
@@ -94,7 +99,7 @@ def retrieval(model: CLIP, tok: Tokenizer, shards: Sequence[str], device: torch.
         image_feats.append(_image_features(model, [b[0] for b in batch], device))
         text_feats.append(model.encode_text(tok([b[1] for b in batch]).to(device)).float())
     if not image_feats:
-        raise ValueError(f"no readable image-caption samples in {', '.join(shards)}")
+        raise InputError(f"no readable image-caption samples in {', '.join(shards)}")
     metrics = recall_at_k(torch.cat(image_feats), torch.cat(text_feats))
     metrics.update(n=sum(len(f) for f in image_feats), skipped=len(errors))
     return metrics
@@ -117,16 +122,16 @@ def read_classification_set(directory: str) -> tuple[list[str], list[str], list[
     def lines(name: str) -> list[str]:
         path = fileio.join(directory, name)
         if not fileio.exists(path):
-            raise ValueError(f"{directory}: no {name} (see `wit eval --help` for the layout)")
+            raise InputError(f"{directory}: no {name} (see `wit eval --help` for the layout)")
         return [ln.strip() for ln in fileio.read_bytes(path).decode().splitlines() if ln.strip()]
 
     classnames, templates = lines(CLASSNAMES), lines(TEMPLATES)
     for t in templates:
         if "{c}" not in t and "{}" not in t:
-            raise ValueError(f"{directory}/{TEMPLATES}: template {t!r} has no {{c}} for the class name")
+            raise InputError(f"{directory}/{TEMPLATES}: template {t!r} has no {{c}} for the class name")
     try:
         shards = data.list_shards([fileio.join(directory, "*.tar")])
-    except ValueError:
+    except InputError:
         shards = data.list_shards([fileio.join(directory, "test", "*.tar")])
     return classnames, templates, shards
 
@@ -155,13 +160,13 @@ def zeroshot(model: CLIP, tok: Tokenizer, directory: str, device: torch.device, 
         logits = _image_features(model, [b[0] for b in batch], device) @ weights
         labels = torch.tensor([b[1] for b in batch], device=device)
         if labels.max() >= len(classnames) or labels.min() < 0:
-            raise ValueError(f"{directory}: a cls value is outside 0..{len(classnames) - 1}")
+            raise InputError(f"{directory}: a cls value is outside 0..{len(classnames) - 1}")
         top = logits.topk(min(5, len(classnames)), dim=1).indices
         correct1 += (top[:, 0] == labels).sum().item()
         correct5 += (top == labels[:, None]).any(dim=1).sum().item()
         total += len(batch)
     if total == 0:
-        raise ValueError(f"{directory}: no readable labelled images")
+        raise InputError(f"{directory}: no readable labelled images")
     return {"top1": correct1 / total, "top5": correct5 / total, "n": total, "classes": len(classnames),
             "chance": 1 / len(classnames), "skipped": len(errors)}
 

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from wit.errors import InputError
+
 # OpenAI CLIP's image normalisation; the loader hands over uint8 and the model normalises.
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -86,7 +88,7 @@ def config(name: str) -> CLIPConfig:
     try:
         return CONFIGS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(CONFIGS)}") from None
+        raise InputError(f"unknown model {name!r}; choose from {', '.join(CONFIGS)}") from None
 
 
 class LayerNorm(nn.LayerNorm):

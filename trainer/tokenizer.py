@@ -5,6 +5,7 @@ with the checkpoint.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
@@ -12,9 +13,23 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from wit import fileio
+from wit.errors import InputError
+from wit.options import Options, option
 
 PAD, SOT, EOT = "<pad>", "<|startoftext|>", "<|endoftext|>"
 CONTEXT_LENGTH = 77
+
+
+@dataclass(frozen=True)
+class TokenizerOptions(Options):
+    shards: tuple[str, ...] = option(help="tar shards: glob or directory")
+    out: str = option(help="tokenizer.json to write")
+    vocab_size: int = option(49408, help="tokens in the vocabulary, special ones included")
+    min_frequency: int = option(2, help="occurrences a merge needs")
+
+    def check(self) -> None:
+        if self.vocab_size < 259:
+            self.refuse("vocab_size", "must hold the 256 bytes and 3 special tokens (at least 259)")
 
 
 def train_tokenizer(captions: Iterable[str], vocab_size: int = 49408, min_frequency: int = 2) -> "Tokenizer":
@@ -35,7 +50,7 @@ class Tokenizer:
         self.context_length = context_length
         self.pad_id, self.sot_id, self.eot_id = (bpe.token_to_id(t) for t in (PAD, SOT, EOT))
         if None in (self.pad_id, self.sot_id, self.eot_id):
-            raise ValueError(f"tokenizer lacks the special tokens {PAD}, {SOT}, {EOT}")
+            raise InputError(f"tokenizer lacks the special tokens {PAD}, {SOT}, {EOT}")
         bpe.post_processor = processors.TemplateProcessing(
             single=f"{SOT} $A {EOT}", special_tokens=[(SOT, self.sot_id), (EOT, self.eot_id)])
         bpe.enable_truncation(max_length=context_length)  # counts the added SOT/EOT, so EOT always survives
@@ -75,5 +90,5 @@ class Tokenizer:
         try:
             bpe = HFTokenizer.from_str(text)
         except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
-            raise ValueError(f"{path}: not a tokenizers JSON file ({e})") from None
+            raise InputError(f"{path}: not a tokenizers JSON file ({e})") from None
         return Tokenizer(bpe)

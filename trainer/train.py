@@ -7,14 +7,13 @@ step, and every rank's loader position.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
@@ -22,47 +21,65 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from pipelines.shards import iter_tar
 from trainer import data
+from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.loss import distributed_clip_loss
-from trainer.model import CLIP, CLIPConfig, config
+from trainer.model import CLIP, CONFIGS, CLIPConfig, config
 from trainer.tokenizer import Tokenizer, train_tokenizer
 from wit import fileio
+from wit.errors import InputError
+from wit.options import Options, option
 
 log = logging.getLogger(__name__)
 
 
+PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 on CUDA, fp32 on the CPU
+
+
 @dataclass(frozen=True)
-class TrainConfig:
-    shards: tuple[str, ...]
-    out: str
-    model: str = "ViT-B-32"
-    tokenizer: Optional[str] = None  # default: OUT/tokenizer.json, trained on the shards if absent
-    vocab_size: int = 49408
-    batch_size: int = 256  # per rank
-    steps: int = 10_000
-    lr: float = 5e-4
-    weight_decay: float = 0.2
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    warmup: int = 500
-    precision: str = "auto"  # bf16 on CUDA, fp32 on CPU
-    grad_checkpointing: bool = False
-    compile: bool = False
-    workers: int = 4
-    shuffle_buffer: int = 2000
-    min_crop_scale: float = 0.9
-    seed: int = 0
-    save_every: int = 1000
-    log_every: int = 10
-    keep_checkpoints: int = 2
-    resume: bool = True
-    stop_after: Optional[int] = None  # end this run at this step (a job slot shorter than the schedule)
-    progress: bool = True
-    val_shards: tuple[str, ...] = ()
-    zeroshot: tuple[str, ...] = field(default=())
-    device: Optional[str] = None
+class TrainConfig(Options):
+    shards: tuple[str, ...] = option(help="training shards: glob or directory")
+    out: str = option(help="directory for checkpoints, tokenizer.json and TensorBoard logs")
+    model: str = option("ViT-B-32", help="architecture", choices=tuple(CONFIGS))
+    tokenizer: Optional[str] = option(None, help="tokenizer.json (default OUT/tokenizer.json, trained on the "
+                                                 "shards if absent)")
+    vocab_size: int = option(49408, help="vocabulary when training the tokenizer")
+    batch_size: int = option(256, help="per rank")
+    steps: int = option(10_000, help="optimizer steps of the whole schedule")
+    lr: float = option(5e-4, help="peak learning rate")
+    weight_decay: float = option(0.2, help="AdamW weight decay of the matrices", flag="wd")
+    beta1: float = option(0.9, help="AdamW beta1")
+    beta2: float = option(0.98, help="AdamW beta2")
+    eps: float = option(1e-6, help="AdamW epsilon")
+    warmup: int = option(500, help="steps of linear warmup before the cosine decay")
+    precision: str = option("auto", help="auto: bf16 on CUDA, fp32 on the CPU", choices=PRECISIONS)
+    grad_checkpointing: bool = option(False, help="recompute activations in the backward pass (less memory)")
+    compile: bool = option(False, help="torch.compile the model")
+    workers: int = option(4, help="loader processes per rank")
+    shuffle_buffer: int = option(2000, help="samples in each stream's shuffle buffer")
+    min_crop_scale: float = option(0.9, help="smallest random square crop (of the short side)")
+    seed: int = option(0, help="seed of the weights, the shard order and the shuffles")
+    save_every: int = option(1000, help="steps between checkpoints")
+    log_every: int = option(10, help="steps between logged losses")
+    keep_checkpoints: int = option(2, help="checkpoints kept in OUT/checkpoints (0: all)")
+    resume: bool = option(True, help="resume from OUT/checkpoints when there are some (else they get overwritten)")
+    stop_after: Optional[int] = option(None, help="end this run at this step and checkpoint (rerun to go on)")
+    progress: bool = option(True, help="show a progress bar")
+    val_shards: tuple[str, ...] = option((), help="held-out shards for retrieval at the end")
+    zeroshot: tuple[str, ...] = option((), help="classification set dir for zero-shot at the end")
+    device: Optional[str] = option(None, help="default cuda:LOCAL_RANK if available, else cpu")
+
+    def check(self) -> None:
+        for name in ("batch_size", "steps", "save_every", "log_every", "vocab_size"):
+            if getattr(self, name) < 1:
+                self.refuse(name, "must be at least 1")
+        for name in ("warmup", "workers", "shuffle_buffer", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                self.refuse(name, "must not be negative")
+        if not 0 < self.min_crop_scale <= 1:
+            self.refuse("min_crop_scale", "must be in (0, 1]")
+        if self.stop_after is not None and self.stop_after < 1:
+            self.refuse("stop_after", "must be at least 1")
 
 
 @dataclass
@@ -129,65 +146,24 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if precision != "fp32":
-        raise ValueError(f"unknown precision {precision!r} (bf16 or fp32)")
+        raise ValueError(f"unknown precision {precision!r} (one of {', '.join(PRECISIONS)})")
     return nullcontext()
-
-
-def checkpoint_dir(out: str) -> str:
-    return fileio.join(out, "checkpoints")
-
-
-def latest_checkpoint(out: str) -> Optional[str]:
-    pointer = fileio.join(checkpoint_dir(out), "latest")
-    if not fileio.exists(pointer):
-        return None
-    return fileio.join(checkpoint_dir(out), fileio.read_bytes(pointer).decode().strip())
-
-
-def save_checkpoint(out: str, state: dict, keep: int) -> str:
-    name = f"step_{state['step']:08d}.pt"
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    path = fileio.join(checkpoint_dir(out), name)
-    fileio.write_bytes(path, buf.getvalue())
-    fileio.write_bytes(fileio.join(checkpoint_dir(out), "latest"), name.encode())  # only after the file is whole
-    pattern = fileio.join(checkpoint_dir(out), "step_*.pt")  # matches at least the one just written
-    old = [m.path for m in fileio.match_files([pattern], "checkpoints")][:-keep] if keep > 0 else []
-    for p in old:
-        fileio.delete_if_exists(p)
-    return path
-
-
-def load_checkpoint(path: str, device: torch.device | str = "cpu") -> dict:
-    try:
-        return torch.load(io.BytesIO(fileio.read_bytes(path)), map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable wit checkpoint ({e})") from e
 
 
 def prepare_tokenizer(cfg: TrainConfig, shards: list[str], dist_: Dist) -> Tokenizer:
     path = cfg.tokenizer or fileio.join(cfg.out, "tokenizer.json")
     if not fileio.exists(path):
         if cfg.tokenizer:
-            raise ValueError(f"--tokenizer {path}: no such file")
+            raise InputError(f"--tokenizer {path}: no such file")
         if dist_.main:
             print(f"no tokenizer at {path}: training a byte-level BPE ({cfg.vocab_size} tokens) on the captions")
-            tok = train_tokenizer(iter_captions(shards), vocab_size=cfg.vocab_size)
+            tok = train_tokenizer(data.iter_captions(shards), vocab_size=cfg.vocab_size)
             tok.save(path)
         dist_.barrier()
     tok = Tokenizer.load(path)
     if cfg.tokenizer and dist_.main:
         tok.save(fileio.join(cfg.out, "tokenizer.json"))  # next to the checkpoints, so eval finds it
     return tok
-
-
-def iter_captions(shards: list[str]):
-    for path in shards:
-        for sample in iter_tar(path, lambda e: True):
-            try:
-                yield data.caption(sample)
-            except data.CorruptSample:
-                continue
 
 
 def build_model(cfg: TrainConfig, tok: Tokenizer) -> tuple[CLIPConfig, CLIP]:
@@ -226,9 +202,9 @@ def train(cfg: TrainConfig) -> dict:
     if resume_from:
         ckpt = load_checkpoint(resume_from, d.device)
         if ckpt["model_config"] != model_cfg.to_dict():
-            raise ValueError(f"{resume_from} holds a different model than --model {cfg.model}; use another --out")
+            raise InputError(f"{resume_from} holds a different model than --model {cfg.model}; use another --out")
         if ckpt["shards"] != shards or ckpt["world_size"] != d.world_size:
-            raise ValueError(f"{resume_from} was trained on other shards or another number of ranks "
+            raise InputError(f"{resume_from} was trained on other shards or another number of ranks "
                              f"({ckpt['world_size']}); resume with the same ones or use another --out")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])

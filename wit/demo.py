@@ -12,33 +12,53 @@ import os
 import shutil
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Sequence
 
-from pipelines import shards as shards_mod
 from pipelines.build import BuildOptions, run_build
 from pipelines.fetch import FetchOptions
-from wit import fileio
+from wit import fileio, shardformat
+from wit.errors import InputError
+from wit.options import Options, option
 from wit.report import summary
 from wit.synthweb import SyntheticServer, SyntheticWeb
 
 _MARKER = ".wit-demo"
 
 
+@dataclass(frozen=True)
+class DemoOptions(Options):
+    out: str = option("wit-demo", help="demo directory, replaced each run")
+    count: int = option(6000, help="candidate pairs to generate")
+    per_query_cap: int = option(150, help="pairs kept per query")
+    shard_size: int = option(1000, help="samples per shard")
+    seed: int = option(0, help="seed of the synthetic web, the balancing and the training")
+    train_steps: int = option(400, help="steps of the tiny CLIP trained afterwards (0: skip)")
+    model: str = option("tiny-vit", help="model the demo trains")
+
+    def check(self) -> None:
+        for name in ("count", "per_query_cap", "shard_size"):
+            if getattr(self, name) < 1:
+                self.refuse(name, "must be at least 1")
+        if self.train_steps < 0:
+            self.refuse("train_steps", "must not be negative")
+
+
 def _fresh_dir(out: str) -> None:
     """The demo owns its directory: replace an earlier demo's, refuse anything else."""
     if os.path.exists(out):
         if os.listdir(out) and not os.path.exists(os.path.join(out, _MARKER)):
-            raise ValueError(f"{out} exists and is not a wit demo directory; pass another --out")
+            raise InputError(f"{out} exists and is not a wit demo directory; pass another --out")
         shutil.rmtree(out)
     os.makedirs(out)
     open(os.path.join(out, _MARKER), "w").close()
 
 
-def run_demo(out: str = "wit-demo", count: int = 6000, per_query_cap: int = 150, shard_size: int = 1000,
-             seed: int = 0, beam_args: Sequence[str] = (), train_steps: int = 400, model: str = "tiny-vit") -> dict:
+def run_demo(opts: DemoOptions = DemoOptions(), beam_args: Sequence[str] = ()) -> dict:
+    out, seed = opts.out, opts.seed
     _fresh_dir(out)
     inputs, dataset = os.path.join(out, "inputs"), os.path.join(out, "dataset")
-    web = SyntheticWeb(seed=seed, count=count)
+    web = SyntheticWeb(seed=seed, count=opts.count)
     started = time.monotonic()
     with SyntheticServer(web, slow_seconds=3.0) as server:
         rows = web.write_candidates(fileio.join(inputs, "candidates.parquet"), server.base_url)
@@ -46,15 +66,15 @@ def run_demo(out: str = "wit-demo", count: int = 6000, per_query_cap: int = 150,
         faults = Counter(r.fault for r in rows)
         print(f"synthetic web on {server.base_url}: {len(rows):,} candidate pairs "
               f"({', '.join(f'{k} {v}' for k, v in faults.most_common())})")
-        opts = BuildOptions(
+        build = BuildOptions(
             candidates=(fileio.join(inputs, "candidates.parquet"),), queries=fileio.join(inputs, "queries.txt"),
-            out=dataset, per_query_cap=per_query_cap, shard_size=shard_size, seed=seed, threads=32,
+            out=dataset, per_query_cap=opts.per_query_cap, shard_size=opts.shard_size, seed=seed, threads=32,
             fetch=FetchOptions(timeout=1.5, retries=1, retry_backoff=0.1, allow_private_networks=True),
         )
         args = list(beam_args) or ["--runner=DirectRunner", "--direct_num_workers=2",
                                    "--direct_running_mode=multi_threading"]
         print(f"running `wit build` with Beam ({' '.join(args)}) ...")
-        stats = run_build(opts, args)
+        stats = run_build(build, args)
     print(summary(stats, dataset))
     print(f"dataset built in {time.monotonic() - started:.0f}s; inputs in {inputs}")
     from wit.html_report import write_report
@@ -62,13 +82,13 @@ def run_demo(out: str = "wit-demo", count: int = 6000, per_query_cap: int = 150,
     report = write_report(dataset)
     print(f"dataset report (plots, sample images): {report}")
     results = {"stats": stats, "faults": dict(faults)}
-    if train_steps > 0:
+    if opts.train_steps > 0:
         results["train"] = train_demo(dataset, os.path.join(out, "train"), os.path.join(out, "zeroshot"),
-                                      train_steps, model, seed)
+                                      opts.train_steps, opts.model, seed)
     with open(os.path.join(out, "demo.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(f"demo finished in {time.monotonic() - started:.0f}s: shards in {dataset}/shards, report {report}"
-          + (f", model in {out}/train" if train_steps > 0 else "") + f"; everything in {out}/")
+          + (f", model in {out}/train" if opts.train_steps > 0 else "") + f"; everything in {out}/")
     return results
 
 
@@ -109,11 +129,11 @@ def train_demo(dataset: str, out: str, zeroshot_dir: str, steps: int, model: str
 
     shards = list_shards([fileio.join(dataset, "shards")])
     if len(shards) < 2:
-        raise ValueError(f"the demo dataset has {len(shards)} shard(s); training needs one to hold out")
+        raise InputError(f"the demo dataset has {len(shards)} shard(s); training needs one to hold out")
     sets = write_zeroshot_sets(zeroshot_dir, seed)
     numbers = [int(p.rsplit("/", 1)[-1][: -len(".tar")]) for p in shards[:-1]]
-    train_samples = sum(shards_mod.status_count(json.loads(fileio.read_bytes(shards_mod.paths(dataset, n)["stats"])),
-                                                "success") for n in numbers)
+    train_samples = sum(shardformat.status_count(json.loads(fileio.read_bytes(shardformat.paths(dataset, n)["stats"])),
+                                                 shardformat.Status.SUCCESS) for n in numbers)
     batch = min(128, max(4, train_samples // 4))
     workers = 2 if len(shards) > 2 and train_samples >= 8 * batch else 1
     print(f"training {model} on {len(shards) - 1} shard(s) for {steps} steps on the CPU "

@@ -12,10 +12,10 @@ import uuid
 from contextlib import contextmanager
 from typing import BinaryIO, Iterator, Sequence
 
-from apache_beam.io.filesystem import FileMetadata
-
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
+
+from wit.errors import InputError
 
 
 def join(base: str, *parts: str) -> str:
@@ -77,7 +77,7 @@ def delete_if_exists(path: str) -> None:
         FileSystems.delete([path])
 
 
-def match_files(patterns: Sequence[str], what: str, error: type[Exception] = ValueError) -> list[FileMetadata]:
+def match_files(patterns: Sequence[str], what: str, error: type[Exception] = InputError) -> list[FileMetadata]:
     """Every file the globs name, sorted by path; a glob that names nothing is an error, not an empty input."""
     found: dict[str, FileMetadata] = {}
     for pattern in patterns:

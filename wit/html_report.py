@@ -1,7 +1,7 @@
 """`wit report DIR`: one self-contained HTML page describing a built dataset.
 
 Plots (matplotlib, embedded as PNG) of the per-query distribution before and
-after balancing, the status breakdown with the commonest errors, the original
+after balancing, the status breakdown with the errors grouped by kind, the original
 image sizes, and a grid of sample images with their captions for the largest
 queries. Everything is read from the build's own outputs: stats.json,
 query_counts.tsv, the shards' parquet files and tars.
@@ -13,13 +13,27 @@ import base64
 import html
 import io
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 
 from wit import fileio
+from wit.errors import InputError
+from wit.options import Options, option
+from wit.report import stage_lines
+from wit.shardformat import STATUSES, iter_tar, read_parquet
 
-STATUS_ORDER = ("success", "failed_to_download", "failed_to_resize", "opted_out", "duplicate", "near_duplicate")
+
+@dataclass(frozen=True)
+class ReportOptions(Options):
+    dir: str = option(help="the --out directory of `wit build`", positional=True)
+    out: str | None = option(None, help="HTML file to write (default DIR/report.html)")
+    queries: int = option(8, help="largest queries shown with sample images")
+    per_query: int = option(6, help="sample images per query")
+
+    def check(self) -> None:
+        for name in ("queries", "per_query"):
+            if getattr(self, name) < 0:
+                self.refuse(name, "must not be negative")
 
 
 @dataclass
@@ -27,22 +41,16 @@ class Dataset:
     stats: dict
     queries: list[tuple[int, str, int, int]]  # id, query, matched, selected
     statuses: Counter = field(default_factory=Counter)
-    errors: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)  # (status, error kind) -> samples
+    examples: dict = field(default_factory=dict)  # (status, error kind) -> Counter of messages
     sizes: list[tuple[int, int]] = field(default_factory=list)  # original (width, height) of successes
     tars: list[str] = field(default_factory=list)
 
 
-def _error_kind(message: str) -> str:
-    """Errors with their numbers and keys taken out, so the same failure counts once."""
-    return re.sub(r"\d+", "N", message)
-
-
 def load(directory: str) -> Dataset:
-    from pipelines import shards
-
     stats_path = fileio.join(directory, "stats.json")
     if not fileio.exists(stats_path):
-        raise ValueError(f"{directory}: no stats.json; is it the --out of a finished `wit build`?")
+        raise InputError(f"{directory}: no stats.json; is it the --out of a finished `wit build`?")
     stats = json.loads(fileio.read_bytes(stats_path))
     queries = []
     lines = fileio.read_bytes(fileio.join(directory, "query_counts.tsv")).decode().splitlines()[1:]
@@ -51,11 +59,14 @@ def load(directory: str) -> Dataset:
         queries.append((int(qid), query, int(matched), int(selected)))
     data = Dataset(stats, queries)
     for meta in fileio.match_files([fileio.join(directory, "shards", "*.parquet")], "shard parquet"):
-        table = shards.read_parquet(meta.path, ["status", "error_message", "original_width", "original_height"])
+        table = read_parquet(meta.path, ["status", "error_kind", "error_message", "original_width",
+                                         "original_height"])
         for row in table.to_pylist():
             data.statuses[row["status"]] += 1
-            if row["error_message"]:
-                data.errors[(row["status"], _error_kind(row["error_message"]))] += 1
+            if row["error_kind"]:
+                group = (row["status"], row["error_kind"])
+                data.errors[group] += 1
+                data.examples.setdefault(group, Counter())[row["error_message"]] += 1
             if row["status"] == "success" and row["original_width"]:
                 data.sizes.append((row["original_width"], row["original_height"]))
         data.tars.append(meta.path[: -len(".parquet")] + ".tar")
@@ -90,7 +101,8 @@ def plot_distribution(data: Dataset) -> str:
 def plot_statuses(data: Dataset) -> str:
     import matplotlib.pyplot as plt
 
-    names = [s for s in STATUS_ORDER if data.statuses.get(s)] + sorted(set(data.statuses) - set(STATUS_ORDER))
+    order = [s.value for s in STATUSES]
+    names = [s for s in order if data.statuses.get(s)] + sorted(set(data.statuses) - set(order))
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.barh(names[::-1], [data.statuses[n] for n in names[::-1]], color="tab:blue")
     for i, n in enumerate(names[::-1]):
@@ -118,8 +130,6 @@ def sample_grid(data: Dataset, top_queries: int, per_query: int) -> dict[int, li
     """Up to `per_query` (jpg, caption) for each of the largest queries, in shard order."""
     wanted = [qid for qid, _, _, s in sorted(data.queries, key=lambda q: (-q[3], q[0])) if s][:top_queries]
     found: dict[int, list[tuple[bytes, str]]] = {q: [] for q in wanted}
-    from pipelines.shards import iter_tar
-
     for path in data.tars:
         for sample in iter_tar(path, lambda e: True):  # streamed: stops reading once every query is filled
             if all(len(v) >= per_query for v in found.values()):
@@ -133,7 +143,6 @@ def sample_grid(data: Dataset, top_queries: int, per_query: int) -> dict[int, li
 
 
 def render(data: Dataset, top_queries: int = 8, per_query: int = 6) -> str:
-    stages = data.stats.get("stages", {})
     names = {qid: q for qid, q, _, _ in data.queries}
     counts = {qid: s for qid, _, _, s in data.queries}
     esc = html.escape
@@ -148,15 +157,17 @@ def render(data: Dataset, top_queries: int = 8, per_query: int = 6) -> str:
         f"<p>{data.stats.get('samples_in_tars', 0):,} samples in {data.stats.get('shards', 0)} shard(s); "
         f"cap {data.stats.get('per_query_cap', 0):,} pairs per query, seed {data.stats.get('seed')}; "
         f"{sum(1 for q in data.queries if q[2]):,} of {data.stats.get('queries_in_list', 0):,} queries matched.</p>",
-        "<h2>Pairs per stage</h2><table>",
+        "<h2>Pairs per stage</h2><pre>",
+        esc("\n".join(stage_lines(data.stats.get("stages", {})))),
+        "</pre>",
     ]
-    parts += [f"<tr><td>{esc(k)}</td><td class=n>{v:,}</td></tr>" for k, v in stages.items()]
-    parts += ["</table>", "<h2>Per-query distribution</h2>",
+    parts += ["<h2>Per-query distribution</h2>",
               f"<img alt='pairs per query' src='data:image/png;base64,{plot_distribution(data)}'>",
               "<h2>Statuses</h2>", f"<img alt='statuses' src='data:image/png;base64,{plot_statuses(data)}'>",
-              "<table><tr><th>status</th><th>error</th><th>samples</th></tr>"]
-    parts += [f"<tr><td>{esc(s)}</td><td>{esc(e)}</td><td class=n>{n:,}</td></tr>"
-              for (s, e), n in data.errors.most_common(15)]
+              "<table><tr><th>status</th><th>kind</th><th>samples</th><th>commonest messages</th></tr>"]
+    parts += [f"<tr><td>{esc(s)}</td><td>{esc(k)}</td><td class=n>{n:,}</td><td>"
+              + "<br>".join(f"{esc(m or '')} ({c:,})" for m, c in data.examples[(s, k)].most_common(3))
+              + "</td></tr>" for (s, k), n in data.errors.most_common(15)]
     parts += ["</table>", "<h2>Original image sizes</h2>",
               f"<img alt='image sizes' src='data:image/png;base64,{plot_sizes(data)}'>",
               "<h2>Samples of the largest queries</h2>"]

@@ -1,38 +1,26 @@
-"""Human-readable summaries of a build's stats.json."""
+"""Human-readable summaries of a build's stats.json, in the order of the stage registry."""
 
 from __future__ import annotations
 
-_STAGE_ORDER = (
-    ("candidates", "candidate rows read"),
-    ("rejected_rows", "  rejected (bad rows)"),
-    ("unmatched", "  matching no query"),
-    ("duplicate_pairs", "  repeated (url, caption)"),
-    ("duplicate_urls", "  other captions of a kept url"),
-    ("unique_pairs", "unique matched pairs"),
-    ("caption_near_duplicates", "  near-duplicate captions"),
-    ("selected", "selected by balancing"),
-    ("failed_to_download", "  failed to download"),
-    ("failed_to_resize", "  failed to decode/resize"),
-    ("opted_out", "  opted out (robots.txt, X-Robots-Tag)"),
-    ("duplicate", "  duplicate images"),
-    ("near_duplicate", "  near-duplicate images"),
-    ("success", "samples in the shards"),
-)
-
-
-_OPTIONAL = frozenset({"caption_near_duplicates"})  # shown when the stage ran and dropped something
+from pipelines.stages import DROP, INFO, shown
 
 
 def _pairs(items: list) -> str:
     return ", ".join(f"{q} ({n})" for q, n in items)
 
 
+def stage_lines(stages: dict) -> list[str]:
+    """One line per count: pools flush left, what a stage dropped indented, other counts in brackets."""
+    rows = []
+    for c in shown(stages):
+        label = f"  {c.label}" if c.role is DROP else f"({c.label})" if c.role is INFO else c.label
+        rows.append((label, stages.get(c.name, 0)))
+    width = max(len(label) for label, _ in rows)
+    return [f"  {label:<{width}}  {value:>11,}" for label, value in rows]
+
+
 def summary(stats: dict, out: str) -> str:
-    stages = stats["stages"]
-    width = max(len(label) for _, label in _STAGE_ORDER)
-    lines = ["pairs per stage:"]
-    lines += [f"  {label:<{width}}  {stages.get(key, 0):>9,}" for key, label in _STAGE_ORDER
-              if key not in _OPTIONAL or stages.get(key)]
+    lines = ["pairs per stage:"] + stage_lines(stats["stages"])
     before, after = stats["per_query_before_balancing"], stats["per_query_after_balancing"]
     lines.append(f"queries: {before.get('queries', 0):,} of {stats['queries_in_list']:,} matched something; "
                  f"cap {stats['per_query_cap']:,}, reached by {after.get('at_cap', 0):,}")

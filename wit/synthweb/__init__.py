@@ -6,7 +6,7 @@
         web.write_queries("queries.txt")
 """
 
-from wit.synthweb.server import SyntheticServer
+from wit.synthweb.server import SyntheticServer, SynthwebOptions, serve_command
 from wit.synthweb.site import FAULTS, Row, SyntheticWeb
 
-__all__ = ["FAULTS", "Row", "SyntheticServer", "SyntheticWeb"]
+__all__ = ["FAULTS", "Row", "SyntheticServer", "SyntheticWeb", "SynthwebOptions", "serve_command"]

@@ -1,15 +1,15 @@
 """Real-format shards of synthetic drawings written directly, without the web or Beam.
 
 For trainer tests and benchmarks that need shards of a given size quickly; the
-bytes are what `wit build` writes (pipelines.shards.write_shard).
+bytes are what `wit build` writes (wit.shardformat.write_shard).
 """
 
 from __future__ import annotations
 
 import random
 
-from pipelines import shards
 from pipelines.resize import ResizeOptions, resize_image
+from wit import shardformat
 from wit.synthweb import draw
 from wit.synthweb.vocab import COLOURS, SHAPES, Concept, caption_for
 
@@ -26,8 +26,8 @@ def write_shards(out: str, n_shards: int = 2, per_shard: int = 16, seed: int = 0
             n = shard * per_shard + i
             concept = concepts[n % len(concepts)]
             jpg = resize_image(draw.encode(draw.render(draw.make_drawing(seed, n, concept))), opts).jpeg
-            samples.append(shards.Sample(key=shards.key_for(shard, i, per_shard), uid=f"u{n}",
+            samples.append(shardformat.Sample(key=shardformat.key_for(shard, i, per_shard), uid=f"u{n}",
                                          url=f"http://example.test/{n}.jpg", caption=caption_for(concept, "plain", rng),
                                          jpg=jpg))
-        shards.write_shard(out, shard, samples)
-    return [shards.paths(out, s)["tar"] for s in range(n_shards)]
+        shardformat.write_shard(out, shard, samples)
+    return [shardformat.paths(out, s)["tar"] for s in range(n_shards)]

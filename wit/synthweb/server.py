@@ -17,8 +17,12 @@ from __future__ import annotations
 import re
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Sequence
 
+from wit import fileio
+from wit.options import Options, option
 from wit.synthweb.site import SyntheticWeb
 
 _ROUTE = re.compile(r"^/(\w+)/(?:(\d+)/)?(\d+)\.(jpg|png|webp)$")
@@ -120,3 +124,39 @@ class SyntheticServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@dataclass(frozen=True)
+class SynthwebOptions(Options):
+    out: str = option(help="directory for candidates.parquet and queries.txt")
+    count: int = option(3000, help="candidate pairs to generate")
+    seed: int = option(0, help="seed of the synthetic web")
+    port: int = option(8765, help="port on 127.0.0.1")
+    slow_seconds: float = option(3.0, help="how long the deliberately slow URLs take")
+    serve_seconds: float = option(-1.0, help="stop after this long (-1: until Ctrl-C; 0: write the files only)")
+
+    def check(self) -> None:
+        if self.count < 1:
+            self.refuse("count", "must be at least 1")
+        if not 0 <= self.port <= 65535:
+            self.refuse("port", "must be in 0..65535")
+
+
+def serve_command(opts: SynthwebOptions, beam_args: Sequence[str] = ()) -> int:
+    """`wit synthweb`: write the candidates and queries, then serve the images."""
+    web = SyntheticWeb(seed=opts.seed, count=opts.count)
+    with SyntheticServer(web, port=opts.port, slow_seconds=opts.slow_seconds) as server:
+        rows = web.write_candidates(fileio.join(opts.out, "candidates.parquet"), server.base_url)
+        web.write_queries(fileio.join(opts.out, "queries.txt"))
+        print(f"wrote {len(rows)} candidates to {opts.out}/candidates.parquet and the queries to "
+              f"{opts.out}/queries.txt")
+        print(f"serving on {server.base_url} (Ctrl-C to stop)")
+        if opts.serve_seconds == 0:
+            return 0
+        try:
+            deadline = time.monotonic() + opts.serve_seconds if opts.serve_seconds > 0 else float("inf")
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+    return 0

@@ -4,27 +4,8 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.build import ImageDedup
-from pipelines.dedup import (ImageInfo, PairChoice, bands, best_of, choose_pair, hamming, near_duplicates,
-                             normalize_url, uid_for)
-
-
-def test_normalize_url():
-    assert normalize_url("HTTP://Example.COM:80/a/b.jpg#frag") == "http://example.com/a/b.jpg"
-    assert normalize_url("https://example.com:443") == "https://example.com/"
-    assert normalize_url("http://example.com:8080/x?b=2&a=1") == "http://example.com:8080/x?a=1&b=2"
-    assert normalize_url("http://u:p@Example.com/x") == "http://u:p@example.com/x"
-    assert uid_for(normalize_url("http://EXAMPLE.com/x")) == uid_for(normalize_url("http://example.com/x#y"))
-
-
-def test_choose_pair_prefers_most_matches_then_smallest_caption():
-    kept, repeats, others = choose_pair([
-        PairChoice("b caption", "http://x/1", (1,)),
-        PairChoice("b caption", "http://x/1", (1,)),
-        PairChoice("a caption", "http://x/1", (1,)),
-        PairChoice("z caption", "http://x/1", (1, 2)),
-    ])
-    assert kept.caption == "z caption" and repeats == 1 and others == 2
+from pipelines.imagededup import ImageDedup, ImageInfo, Verdict, bands, best_of, hamming, near_duplicates
+from wit.shardformat import ErrorKind, Status
 
 
 def test_bands_pigeonhole_finds_every_close_pair():
@@ -71,8 +52,10 @@ def test_beam_image_dedup_matches_reference():
     for group in by_sha.values():
         best = best_of(group)
         kept.append(best)
-        expected += [(i.shard, (i.uid, "duplicate", f"duplicate of {best.key}")) for i in group if i is not best]
-    expected += [(next(i.shard for i in infos if i.uid == uid), (uid, "near_duplicate", f"near duplicate of {b.key}"))
+        expected += [(i.shard, Verdict(i.uid, Status.DUPLICATE, ErrorKind.DUPLICATE, f"duplicate of {best.key}"))
+                     for i in group if i is not best]
+    expected += [(next(i.shard for i in infos if i.uid == uid),
+                  Verdict(uid, Status.NEAR_DUPLICATE, ErrorKind.NEAR_DUPLICATE, f"near duplicate of {b.key}"))
                  for uid, b in near_duplicates(kept, 4).items()]
     with TestPipeline() as p:
         assert_that(p | beam.Create(infos) | ImageDedup(4), equal_to(expected))

@@ -1,6 +1,6 @@
-"""Deduplication: exact pairs and URLs before fetching, images after.
+"""Image dedup after fetching: exact and near-duplicate images.
 
-Images: exact duplicates share the sha256 of the downloaded bytes; near
+Exact duplicates share the sha256 of the downloaded bytes; near
 duplicates have 64-bit perceptual hashes (imagehash.phash) within a Hamming
 distance `threshold`. Candidates for near-duplicate pairs are found by the
 pigeonhole principle: split the hash into `threshold + 1` bands; two hashes
@@ -15,59 +15,12 @@ is the same on any runner, worker count or bundle order.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from typing import Iterable, Sequence
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Iterable, NamedTuple, Sequence
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+import apache_beam as beam
 
-
-def normalize_url(url: str) -> str:
-    """Canonical URL for exact dedup: scheme/host lowercased, default port,
-    fragment and empty query dropped, query parameters sorted."""
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").rstrip(".")
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = host if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
-    if parts.username or parts.password:
-        userinfo = parts.username or ""
-        if parts.password:
-            userinfo += f":{parts.password}"
-        netloc = f"{userinfo}@{netloc}"
-    query = urlencode(sorted(parse_qsl(parts.query, keep_blank_values=True)))
-    return urlunsplit((scheme, netloc, parts.path or "/", query, ""))
-
-
-def uid_for(normalized_url: str) -> str:
-    """Stable 16-hex-digit identity of a pair, the same in every run and seed."""
-    return hashlib.blake2b(normalized_url.encode(), digest_size=8).hexdigest()
-
-
-@dataclass(frozen=True)
-class PairChoice:
-    caption: str
-    url: str
-    matched: tuple[int, ...]
-
-
-def choose_pair(choices: Iterable[PairChoice]) -> tuple[PairChoice, int, int]:
-    """Keep one pair per normalised URL: the caption matching most queries, then the smallest text.
-
-    Returns (kept, exact repeats of a (url, caption) pair, other captions of the URL dropped).
-    """
-    by_caption: dict[str, list[PairChoice]] = {}
-    count = 0
-    for choice in choices:
-        by_caption.setdefault(choice.caption, []).append(choice)
-        count += 1
-    firsts = [min(group, key=lambda c: c.url) for group in by_caption.values()]
-    best = min(firsts, key=lambda c: (-len(c.matched), c.caption, c.url))
-    return best, count - len(by_caption), len(by_caption) - 1
+from wit.shardformat import ErrorKind, Status
 
 
 @dataclass(frozen=True)
@@ -124,3 +77,54 @@ def near_duplicates(infos: Sequence[ImageInfo], threshold: int) -> dict[str, Ima
             if info.uid not in dropped or better.rank < dropped[info.uid].rank:
                 dropped[info.uid] = better
     return dropped
+
+
+class Verdict(NamedTuple):
+    """A downloaded image the writer turns into a dropped sample."""
+
+    uid: str
+    status: Status
+    kind: ErrorKind
+    message: str
+
+
+class ImageDedup(beam.PTransform):
+    """ImageInfo in; (shard, Verdict) out for every dropped image."""
+
+    def __init__(self, threshold: int):
+        super().__init__()
+        self.threshold = threshold
+
+    def expand(self, infos):
+        exact = (
+            infos
+            | "BySha256" >> beam.Map(lambda i: (i.sha256, i))
+            | "GroupSha256" >> beam.GroupByKey()
+            | "ExactDup" >> beam.FlatMap(_exact_verdicts).with_outputs("verdicts", main="kept")
+        )
+        if self.threshold < 0:
+            return exact.verdicts
+        t = self.threshold
+        near = (
+            exact.kept
+            | "Bands" >> beam.FlatMap(lambda i: [(band, i) for band in bands(i.phash, t)])
+            | "GroupBand" >> beam.GroupByKey()
+            | "Neighbours" >> beam.FlatMap(lambda kv: [((i.shard, i.uid), b)
+                                                       for i, b in better_neighbours(list(kv[1]), t)])
+            | "BestNeighbour" >> beam.CombinePerKey(lambda bs: min(bs, key=lambda b: b.rank))
+            | "NearVerdict" >> beam.Map(lambda kv: (kv[0][0], Verdict(kv[0][1], Status.NEAR_DUPLICATE,
+                                                                      ErrorKind.NEAR_DUPLICATE,
+                                                                      f"near duplicate of {kv[1].key}")))
+        )
+        return (exact.verdicts, near) | "AllVerdicts" >> beam.Flatten()
+
+
+def _exact_verdicts(item):
+    _sha, group = item
+    group = list(group)
+    best = best_of(group)
+    yield best
+    for info in group:
+        if info.uid != best.uid:
+            yield beam.pvalue.TaggedOutput("verdicts", (info.shard, Verdict(
+                info.uid, Status.DUPLICATE, ErrorKind.DUPLICATE, f"duplicate of {best.key}")))

@@ -1,0 +1,74 @@
+import io
+import json
+import os
+import tarfile
+
+import pytest
+import webdataset as wds
+
+from wit import fileio
+from wit import shardformat as shards
+from wit.shardformat import ErrorKind, Sample, Status
+
+
+def _samples():
+    return [
+        Sample(key="000001", uid="b", url="http://x/b", caption="two", status=Status.FAILED_TO_DOWNLOAD,
+               error_message="http 404", error_kind=ErrorKind.HTTP, http_status=404, matched_query_ids=(1,),
+               selected_query_ids=(1,)),
+        Sample(key="000000", uid="a", url="http://x/a", caption="one", width=2, height=2, original_width=4,
+               original_height=4, sha256="s", phash="00ff00ff00ff00ff", http_status=200,
+               matched_query_ids=(0, 1), selected_query_ids=(0,), jpg=b"\xff\xd8jpeg"),
+    ]
+
+
+def test_shard_files_are_byte_reproducible_and_consistent(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    stats = shards.write_shard(str(a), 0, _samples())
+    shards.write_shard(str(b), 0, list(reversed(_samples())))
+    for name in ("00000.tar", "00000.parquet", "00000_stats.json"):
+        assert (a / "shards" / name).read_bytes() == (b / "shards" / name).read_bytes(), name
+    assert stats["count"] == 2 and stats["successes"] == 1 and stats["failed_to_download"] == 1
+    assert sorted(os.listdir(a / "shards")) == ["00000.parquet", "00000.tar", "00000_stats.json"]
+
+    with tarfile.open(a / "shards" / "00000.tar") as tar:
+        assert tar.getnames() == ["000000.jpg", "000000.json", "000000.txt"]
+        assert all(m.mtime == 0 for m in tar.getmembers())
+    rows = shards.read_parquet(str(a / "shards" / "00000.parquet")).to_pylist()
+    assert [r["key"] for r in rows] == ["000000", "000001"]
+    assert rows[0]["selected_query_ids"] == [0] and "jpg" not in rows[0]
+    assert rows[1]["status"] == "failed_to_download" and rows[1]["error_kind"] == "http"
+    back = shards.from_table(shards.read_parquet(str(a / "shards" / "00000.parquet")))
+    assert back[1].status is Status.FAILED_TO_DOWNLOAD and back[1].error_kind is ErrorKind.HTTP
+
+
+def test_webdataset_reads_the_tar(tmp_path):
+    shards.write_shard(str(tmp_path), 3, _samples())
+    (sample,) = list(wds.WebDataset(str(tmp_path / "shards" / "00003.tar"), shardshuffle=False))
+    assert sample["__key__"] == "000000" and sample["jpg"] == b"\xff\xd8jpeg" and sample["txt"] == b"one"
+    meta = json.loads(sample["json"])
+    assert meta["url"] == "http://x/a" and meta["matched_query_ids"] == [0, 1]
+    assert meta["status"] == "success" and meta["error_kind"] is None
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError):
+        with fileio.atomic_open(str(target)) as f:
+            f.write(b"half")
+            raise RuntimeError("crash")
+    assert os.listdir(tmp_path) == []
+
+
+def test_keys_follow_img2dataset_layout():
+    assert shards.key_for(12, 34, 10_000) == "000120034"
+    assert shards.key_for(0, 7, 100) == "0000007"
+
+
+def test_staging_round_trip_keeps_images(tmp_path):
+    path = str(tmp_path / "s.parquet")
+    shards.write_parquet(path, _samples(), shards.STAGING_SCHEMA)
+    back = {s.key: s for s in shards.read_samples(path)}
+    assert back["000000"].jpg == b"\xff\xd8jpeg" and back["000000"].matched_query_ids == (0, 1)
+    assert back["000001"].error_kind is ErrorKind.HTTP and back["000001"].status is Status.FAILED_TO_DOWNLOAD
+    assert io.BytesIO(fileio.read_bytes(path)).read(4) == b"PAR1"

@@ -1,0 +1,38 @@
+"""The stage registry: every count once, every status a count, pools that add up."""
+
+import pytest
+
+from pipelines import stages
+from pipelines.stages import DROP, POOL, REGISTRY, counter, unbalanced
+from wit.shardformat import STATUSES
+
+
+def test_every_status_is_a_count_and_success_is_the_last_pool():
+    names = [c.name for c in REGISTRY]
+    assert {s.value for s in STATUSES} <= set(names)
+    pools = [c.name for c in REGISTRY if c.role is POOL]
+    assert pools[0] == "candidates" and pools[-1] == "success"
+
+
+def test_unbalanced_names_a_pool_that_does_not_follow_from_its_drops():
+    counts = {c.name: 0 for c in REGISTRY}
+    counts.update(candidates=10, rejected_rows=1, unmatched=2, matched=7, duplicate_pairs=1, unique_pairs=6,
+                  over_cap=2, selected=4, failed_to_download=1, success=3)
+    assert unbalanced(counts) == []
+    counts["matched"] = 8  # a stage dropped pairs without counting them (or counted some twice)
+    problems = unbalanced(counts)
+    assert len(problems) == 2 and problems[0].startswith("candidates 10 - drops 3 != matched 8")
+
+
+def test_a_count_missing_from_the_registry_fails_where_it_is_declared():
+    with pytest.raises(KeyError, match="not in pipelines.stages.REGISTRY"):
+        counter("no_such_count")
+    assert counter("unmatched") is not None
+
+
+def test_optional_counts_are_shown_only_when_they_counted_something():
+    optional = [c for c in REGISTRY if c.optional]
+    assert optional and all(c.role is DROP for c in optional)
+    zero = {c.name: 0 for c in REGISTRY}
+    assert not set(c.name for c in optional) & {c.name for c in stages.shown(zero)}
+    assert {c.name for c in optional} <= {c.name for c in stages.shown({c.name: 1 for c in REGISTRY})}

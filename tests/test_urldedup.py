@@ -1,0 +1,20 @@
+from pipelines.match import Pair
+from pipelines.urldedup import choose_pair, normalize_url, uid_for
+
+
+def test_normalize_url():
+    assert normalize_url("HTTP://Example.COM:80/a/b.jpg#frag") == "http://example.com/a/b.jpg"
+    assert normalize_url("https://example.com:443") == "https://example.com/"
+    assert normalize_url("http://example.com:8080/x?b=2&a=1") == "http://example.com:8080/x?a=1&b=2"
+    assert normalize_url("http://u:p@Example.com/x") == "http://u:p@example.com/x"
+    assert uid_for(normalize_url("http://EXAMPLE.com/x")) == uid_for(normalize_url("http://example.com/x#y"))
+
+
+def test_choose_pair_prefers_most_matches_then_smallest_caption():
+    kept, repeats, others = choose_pair([
+        Pair("b caption", "http://x/1", (1,)),
+        Pair("b caption", "http://x/1", (1,)),
+        Pair("a caption", "http://x/1", (1,)),
+        Pair("z caption", "http://x/1", (1, 2)),
+    ])
+    assert kept.caption == "z caption" and repeats == 1 and others == 2

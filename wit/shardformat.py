@@ -1,0 +1,243 @@
+"""The shard format: the contract between the dataset job and the trainer.
+
+It sits in wit's core so that the job writes it and the trainer, the reports
+and other tools read it without importing the Beam job.
+
+    DIR/shards/00000.tar            webdataset: KEY.jpg, KEY.txt, KEY.json (successes only)
+    DIR/shards/00000.parquet        one row per sample, every status (img2dataset columns + ours)
+    DIR/shards/00000_stats.json     per-shard counts; written last, so it marks the shard finished
+
+Keys follow img2dataset: shard number then index in the shard, zero padded.
+Bytes are reproducible: tar members have mtime 0 and fixed owner/mode, rows
+are in key order, and nothing time-dependent is stored.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field, fields, replace
+from enum import Enum
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from wit import fileio
+
+class Status(str, Enum):
+    """What became of a selected pair; img2dataset's statuses and ours. `PENDING` is the transient state of
+    a pair assigned to a shard and not yet downloaded; it is never written to a finished shard."""
+
+    SUCCESS = "success"
+    FAILED_TO_DOWNLOAD = "failed_to_download"
+    FAILED_TO_RESIZE = "failed_to_resize"
+    OPTED_OUT = "opted_out"
+    DUPLICATE = "duplicate"
+    NEAR_DUPLICATE = "near_duplicate"
+    PENDING = "pending"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATUSES = tuple(s for s in Status if s is not Status.PENDING)  # the final ones, in report order
+
+
+class ErrorKind(str, Enum):
+    """Why a sample is not a success, set where the failure happens; messages add the details."""
+
+    HTTP = "http"  # an HTTP status other than 200
+    RATE_LIMITED = "rate_limited"  # 429/503 with a Retry-After over the limit
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"  # refused, reset, name resolution, protocol errors
+    TLS = "tls"
+    INVALID_URL = "invalid_url"
+    BLOCKED_NETWORK = "blocked_network"  # a private, loopback or otherwise non-global address
+    REDIRECTS = "too_many_redirects"
+    ROBOTS_TXT = "robots_txt"  # robots.txt disallows the path (opted out)
+    ROBOTS_UNREACHABLE = "robots_unreachable"  # robots.txt answered 5xx or not at all
+    X_ROBOTS_TAG = "x_robots_tag"  # an opt-out directive in the response (opted out)
+    NOT_AN_IMAGE = "not_an_image"  # content type or leading bytes of no image format we decode
+    TOO_LARGE = "too_large"  # bytes or pixels over the cap
+    TOO_SMALL = "too_small"
+    DECODE = "decode"  # an image format, but the data does not decode
+    DUPLICATE = "duplicate"
+    NEAR_DUPLICATE = "near_duplicate"
+    OTHER = "other"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+OPT_OUT_KINDS = frozenset({ErrorKind.ROBOTS_TXT, ErrorKind.X_ROBOTS_TAG})
+
+
+@dataclass(frozen=True)
+class Sample:
+    key: str
+    uid: str
+    url: str
+    caption: str
+    status: Status = Status.SUCCESS
+    error_message: Optional[str] = None
+    error_kind: Optional[ErrorKind] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    original_width: Optional[int] = None
+    original_height: Optional[int] = None
+    sha256: Optional[str] = None
+    phash: Optional[str] = None
+    http_status: Optional[int] = None
+    matched_query_ids: tuple[int, ...] = ()
+    selected_query_ids: tuple[int, ...] = ()
+    jpg: Optional[bytes] = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:  # values read back from Parquet or JSON arrive as plain strings
+        if not isinstance(self.status, Status):
+            object.__setattr__(self, "status", Status(self.status))
+        if self.error_kind is not None and not isinstance(self.error_kind, ErrorKind):
+            object.__setattr__(self, "error_kind", ErrorKind(self.error_kind))
+
+    def metadata(self) -> dict:
+        """The sample's JSON/Parquet record (everything but the image)."""
+        record = {name: getattr(self, name) for name in _METADATA}
+        record["status"] = self.status.value
+        record["error_kind"] = self.error_kind.value if self.error_kind else None
+        record["matched_query_ids"] = list(self.matched_query_ids)
+        record["selected_query_ids"] = list(self.selected_query_ids)
+        return record
+
+
+_METADATA = tuple(f.name for f in fields(Sample) if f.name != "jpg")  # asdict() deep-copies: 0.1 ms a sample
+_TYPES = {
+    "width": pa.int32(), "height": pa.int32(), "original_width": pa.int32(), "original_height": pa.int32(),
+    "http_status": pa.int32(), "matched_query_ids": pa.list_(pa.int32()),
+    "selected_query_ids": pa.list_(pa.int32()), "jpg": pa.binary(),
+}
+STAGING_SCHEMA = pa.schema([pa.field(f.name, _TYPES.get(f.name, pa.string())) for f in fields(Sample)])
+SCHEMA = STAGING_SCHEMA.remove(STAGING_SCHEMA.get_field_index("jpg"))
+
+
+def shard_name(shard: int) -> str:
+    return f"{shard:05d}"
+
+
+def paths(out_dir: str, shard: int) -> dict[str, str]:
+    base = fileio.join(out_dir, "shards", shard_name(shard))
+    return {"tar": base + ".tar", "parquet": base + ".parquet", "stats": base + "_stats.json",
+            "staging": fileio.join(out_dir, "_staging", shard_name(shard) + ".parquet")}
+
+
+def key_for(shard: int, index: int, shard_size: int) -> str:
+    return f"{shard:05d}{index:0{len(str(max(shard_size - 1, 1)))}d}"
+
+
+def to_table(samples: Sequence[Sample], schema: pa.Schema) -> pa.Table:
+    columns = {name: [] for name in schema.names}
+    for s in samples:
+        for name in schema.names:
+            value = getattr(s, name)
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Enum):
+                value = value.value
+            columns[name].append(value)
+    return pa.table(columns, schema=schema)
+
+
+def from_table(table: pa.Table) -> list[Sample]:
+    out = []
+    for row in table.to_pylist():
+        row["matched_query_ids"] = tuple(row.get("matched_query_ids") or ())
+        row["selected_query_ids"] = tuple(row.get("selected_query_ids") or ())
+        out.append(Sample(**row))
+    return out
+
+
+def write_parquet(path: str, samples: Sequence[Sample], schema: pa.Schema) -> None:
+    with fileio.atomic_open(path) as f:
+        pq.write_table(to_table(samples, schema), f, compression="zstd")
+
+
+def read_parquet(path: str, columns: Optional[list[str]] = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(fileio.read_bytes(path)), columns=columns)
+
+
+def read_samples(path: str) -> list[Sample]:
+    return from_table(read_parquet(path))
+
+
+def shard_stats(shard: int, samples: Iterable[Sample]) -> dict:
+    """img2dataset-style per-shard stats, plus a count for each of our statuses."""
+    samples = list(samples)
+    status = Counter(s.status for s in samples)
+    errors = Counter(s.error_message for s in samples if s.error_message)
+    stats = {"shard": shard_name(shard), "count": len(samples), "successes": status[Status.SUCCESS]}
+    stats.update({s.value: status[s] for s in STATUSES if s is not Status.SUCCESS})
+    stats["status_dict"] = dict(sorted(errors.items()))
+    return stats
+
+
+def status_count(stats: dict, status: Status) -> int:
+    """A status's count in a shard's stats (img2dataset names the success count `successes`)."""
+    return stats.get("successes" if status is Status.SUCCESS else status.value, 0)
+
+
+def write_members(f: BinaryIO, members: Iterable[tuple[str, bytes]]) -> None:
+    """(name, bytes) members as a plain ustar stream: mtime 0, mode 0444, owner wit, so bytes are reproducible.
+
+    The standard library rather than webdataset's TarWriter: importing webdataset imports torch, over a
+    second of start-up that no dataset worker needs.
+    """
+    with tarfile.open(fileobj=f, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "wit", "wit"
+            tar.addfile(info, io.BytesIO(data))
+
+
+def write_tar(path: str, samples: Sequence[Sample]) -> None:
+    """Successes as webdataset members: KEY.jpg, KEY.json, KEY.txt."""
+    def members() -> Iterator[tuple[str, bytes]]:
+        for s in samples:
+            if s.status is Status.SUCCESS:
+                yield f"{s.key}.jpg", s.jpg
+                yield f"{s.key}.json", json.dumps(s.metadata(), sort_keys=True, ensure_ascii=False).encode("utf-8")
+                yield f"{s.key}.txt", s.caption.encode("utf-8")
+
+    with fileio.atomic_open(path) as f:
+        write_members(f, members())
+
+
+def iter_tar(path: str, on_error: Callable[[Exception], bool]) -> Iterator[dict]:
+    """Samples of one tar, streamed and grouped as webdataset does (key = name up to the first dot):
+    {"__key__", "__url__", "jpg": bytes, ...}. Unreadable parts go to `on_error` (return True to go on)."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    try:
+        stream = fileio.open_read(path)
+    except Exception as e:
+        on_error(OSError(f"{path}: {e}"))
+        return
+    with stream:
+        yield from group_by_keys(tar_file_expander([{"url": path, "stream": stream}], handler=on_error),
+                                 handler=on_error)
+
+
+def write_shard(out_dir: str, shard: int, samples: Sequence[Sample]) -> dict:
+    """Write tar, parquet, then stats (the 'finished' marker); returns the stats."""
+    samples = sorted(samples, key=lambda s: s.key)
+    p = paths(out_dir, shard)
+    write_tar(p["tar"], samples)
+    write_parquet(p["parquet"], [replace(s, jpg=None) for s in samples], SCHEMA)
+    stats = shard_stats(shard, samples)
+    fileio.write_bytes(p["stats"], json.dumps(stats, indent=1, sort_keys=True).encode() + b"\n")
+    return stats
+
+
+def is_finished(out_dir: str, shard: int) -> bool:
+    p = paths(out_dir, shard)
+    return all(fileio.exists(p[k]) for k in ("tar", "parquet", "stats"))
