@@ -1,6 +1,6 @@
 """`wit build`: the Beam job from candidate pairs to balanced, deduplicated shards.
 
-    read -> match -> URL dedup -> caption dedup -> balance -> order + shard
+    read -> caption filter -> match -> URL dedup -> caption dedup -> balance -> order + shard
          -> download (per shard, staged) -> image dedup -> write shards -> run stats
 
 Each stage is a PTransform in the module of its logic; this module holds the
@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines import stages
 from pipelines.balance import Balance
 from pipelines.candidates import FORMATS, ReadCandidates
+from pipelines.captionfilter import FilterCaptions
 from pipelines.download import DownloadShards
 from pipelines.fetch import FetchOptions
 from pipelines.imagededup import ImageDedup
@@ -51,6 +52,7 @@ class BuildOptions(Options):
                                choices=("auto",) + FORMATS)
     url_col: str = option("url", help="column of the image URL")
     caption_col: str = option("caption", help="column of the caption")
+    min_caption_words: int = option(0, help="drop candidates whose caption has fewer words (0: keep all)")
     per_query_cap: int = option(20_000, help="pairs kept per query")
     seed: int = option(0, help="seed of the balancing order")
     caption_dup_threshold: float = option(
@@ -70,6 +72,8 @@ class BuildOptions(Options):
             self.refuse("shard_size", "must be at least 1")
         if self.threads < 1:
             self.refuse("threads", "must be at least 1")
+        if self.min_caption_words < 0:
+            self.refuse("min_caption_words", "must not be negative")
         if not -1 <= self.near_dup_threshold <= 32:
             self.refuse("near_dup_threshold", "must be in -1..32")
         if not 0.0 <= self.caption_dup_threshold <= 1.0:
@@ -88,6 +92,7 @@ class BuildOptions(Options):
 def build_pipeline(p: beam.Pipeline, files: Sequence[str], opts: BuildOptions, finished: frozenset[int]) -> None:
     """The stages in the order pairs flow through them; each counts what it drops (see pipelines.stages)."""
     candidates, rejects = p | "Read" >> ReadCandidates(files, opts.input_format, opts.url_col, opts.caption_col)
+    candidates = candidates | "FilterCaptions" >> FilterCaptions(opts.min_caption_words)
     pairs = candidates | "Match" >> MatchQueries(opts.queries)
     unique = pairs | "DedupUrls" >> DedupUrls()
     kept = unique | "CaptionDedup" >> CaptionDedup(opts.caption_dup_threshold, opts.seed, opts.out)

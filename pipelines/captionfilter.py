@@ -1,0 +1,43 @@
+"""Dropping candidates whose caption is too short to describe an image (DataComp's basic filter keeps
+captions of more than two words). Words are counted in the matcher's form, so "Red-Circle!" is two.
+
+`FilterCaptions` is the job's stage, between reading and matching; it counts `short_captions` and lets
+everything through at `--min-caption-words 0`, the default.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+
+from pipelines.stages import counter
+from wit.text import match_form
+
+
+def long_enough(caption: str, min_words: int) -> bool:
+    return len(match_form(caption).split()) >= min_words
+
+
+class FilterCaptions(beam.PTransform):
+    """Candidates in; those whose caption has at least `min_words` words out."""
+
+    def __init__(self, min_words: int):
+        super().__init__()
+        self.min_words = min_words
+
+    def expand(self, candidates):
+        if self.min_words <= 0:
+            return candidates
+        return candidates | "KeepLongCaptions" >> beam.ParDo(_KeepLong(self.min_words))
+
+
+class _KeepLong(beam.DoFn):
+    dropped = counter("short_captions")
+
+    def __init__(self, min_words: int):
+        self.min_words = min_words
+
+    def process(self, candidate):
+        if long_enough(candidate.caption, self.min_words):
+            yield candidate
+        else:
+            self.dropped.inc()
