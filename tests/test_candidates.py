@@ -68,3 +68,23 @@ def test_unreadable_file_and_missing_column_name_the_file(tmp_path):
         list(read_path(str(cols)))
     with pytest.raises(CandidateFileError, match="cannot tell the format"):
         detect_format("data.bin")
+
+
+def test_the_read_stage_splits_candidates_from_rejects_and_counts_both(tmp_path):
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipelines import stages
+    from pipelines.candidates import ReadCandidates
+
+    (tmp_path / "a.jsonl").write_text('{"url": "http://x/1.jpg", "caption": "one"}\nnot json\n')
+    (tmp_path / "b.csv").write_text("url,caption\nhttp://x/2.jpg,two\nftp://x/3.jpg,three\n")
+    p = beam.Pipeline("DirectRunner")
+    good, bad = p | ReadCandidates([str(tmp_path / "b.csv"), str(tmp_path / "a.jsonl")], "auto", "url", "caption")
+    assert_that(good | beam.Map(lambda c: c.caption), equal_to(["one", "two"]), label="Good")
+    assert_that(bad | beam.Map(lambda r: (r.source.rsplit("/", 1)[-1], r.row)), equal_to([("a.jsonl", 1),
+                                                                                         ("b.csv", 1)]), label="Bad")
+    result = p.run()
+    result.wait_until_finish()
+    counts = stages.from_metrics(result)
+    assert (counts["candidates"], counts["rejected_rows"]) == (4, 2)

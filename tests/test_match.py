@@ -122,3 +122,23 @@ def test_read_queries_takes_first_tsv_field_and_keeps_line_numbers(tmp_path):
     path = tmp_path / "q.tsv"
     path.write_text("red\tunigram\t100\n\nblue circle\tbigram\t5\n")
     assert read_queries(str(path)) == ["red", "", "blue circle"]
+
+
+def test_the_match_stage_keeps_matching_candidates_as_pairs_and_counts(tmp_path):
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipelines import stages
+    from pipelines.candidates import Candidate
+    from pipelines.match import MatchQueries, Pair
+
+    (tmp_path / "q.txt").write_text("red\nred circle\nblue\n")
+    captions = ["A red circle", "green", "blue sky", "nothing"]
+    p = beam.Pipeline("DirectRunner")
+    pairs = (p | beam.Create([Candidate(f"http://x/{i}", c, "f", i) for i, c in enumerate(captions)])
+             | MatchQueries(str(tmp_path / "q.txt")))
+    assert_that(pairs, equal_to([Pair("A red circle", "http://x/0", (0, 1)), Pair("blue sky", "http://x/2", (2,))]))
+    result = p.run()
+    result.wait_until_finish()
+    counts = stages.from_metrics(result)
+    assert (counts["matched"], counts["unmatched"]) == (2, 2)
