@@ -7,7 +7,7 @@ hits). Captions: seeded word sequences drawn by word frequency, 4-16 words,
 with capitals and punctuation, like alt text. One process, one thread.
 
 Measured: `QueryMatcher.match_many` (wit's word-level Aho-Corasick automaton)
-over batches of `pipelines.match.MATCH_BATCH` captions, as the Beam DoFn calls
+over batches of `pipelines.candidates.READ_BATCH` captions, as the Beam DoFn calls
 it; its answer is the ids as arrays. Baseline, in the same run: pyahocorasick
 (a character automaton over the space-padded match form, one call per
 caption), and the obvious alternative, a dict lookup of every word n-gram.
@@ -20,6 +20,7 @@ time goes and what turning every caption's ids into a Python tuple adds.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import sys
@@ -27,7 +28,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from pipelines.match import MATCH_BATCH, QueryMatcher  # noqa: E402
+from pipelines.candidates import READ_BATCH as MATCH_BATCH  # noqa: E402
+from pipelines.match import QueryMatcher  # noqa: E402
 from wit.text import match_form  # noqa: E402
 
 
@@ -51,11 +53,11 @@ def make_captions(n: int, seed: int = 1) -> list[str]:
     from wordfreq import top_n_list, word_frequency
 
     vocab = top_n_list("en", 30000)
-    weights = [word_frequency(w, "en") for w in vocab]
+    cum_weights = list(itertools.accumulate(word_frequency(w, "en") for w in vocab))  # what choices() would sum
     rng = random.Random(seed)
     captions = []
     for _ in range(n):
-        words = rng.choices(vocab, weights, k=rng.randint(4, 16))
+        words = rng.choices(vocab, cum_weights=cum_weights, k=rng.randint(4, 16))
         words[0] = words[0].capitalize()
         caption = " ".join(words)
         if rng.random() < 0.3:

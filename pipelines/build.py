@@ -1,25 +1,28 @@
 """`wit build`: the Beam job from candidate pairs to balanced, deduplicated shards.
 
-    read -> caption filter -> match -> URL dedup -> caption dedup -> balance -> order + shard
-         -> download (per shard, staged) -> image dedup -> write shards -> run stats
+    plan:  read -> caption filter -> match -> URL dedup -> caption dedup -> balance -> order + shard
+    fetch: download (per shard, staged) -> image dedup -> write shards -> run stats
 
 Each stage is a PTransform in the module of its logic; this module holds the
-options, the wiring and the driver. Shards are assigned before anything is
-downloaded, from the uid order of the selected pairs, so a rerun knows which
-shards are finished and fetches only the missing ones. All I/O goes through
-Beam FileSystems, so the same job runs on DirectRunner, DataflowRunner and Spark.
+options, the wiring and the driver. The build runs as two Beam jobs. The plan
+job assigns every selected pair its shard and key and writes them to DIR/plan
+(`--plan-only` stops there); the fetch job downloads the planned shards. A
+rerun into the same DIR takes the finished plan as it is and downloads only the
+shards that are not finished. All I/O goes through Beam FileSystems, so the
+same job runs on the local FnApiRunner, Dataflow and Spark.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import stages
 from pipelines.balance import Balance
@@ -27,17 +30,19 @@ from pipelines.candidates import FORMATS, ReadCandidates
 from pipelines.captionfilter import FilterCaptions
 from pipelines.download import DownloadShards
 from pipelines.fetch import FetchOptions
+from pipelines.grouping import MAX_GROUP
 from pipelines.imagededup import ImageDedup
 from pipelines.match import MatchQueries, read_queries
-from pipelines.order import AssignShards
+from pipelines.order import AssignShards, ReadPlan, buckets_for
 from pipelines.resize import ResizeOptions
-from pipelines.runstats import RunDetails, write_stats
+from pipelines.runstats import RunDetails, read_plan_marker, unproven_queries, write_plan_marker, write_stats
 from pipelines.shards import WriteShards
 from pipelines.textdedup import CaptionDedup
-from pipelines.urldedup import DedupUrls
+from pipelines.urldedup import DedupUrls, partitions_for
 from wit import fileio, shardformat
 from wit.errors import WitError
 from wit.options import Options, option
+from wit.runner import pipeline_options
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,11 @@ class BuildOptions(Options):
                                              "-1 turns image near-dup detection off")
     shard_size: int = option(10_000, help="samples per shard")
     threads: int = option(32, help="download threads per shard being fetched")
+    plan_only: bool = option(False, help="stop after the plan: DIR/plan (the selected pairs by shard, a URL "
+                                         "list img2dataset takes), the per-query counts and stats.json; a later "
+                                         "build into DIR downloads this plan")
+    max_group_size: int = option(MAX_GROUP, help="values of one key a worker groups; keys with more are "
+                                                 "resolved without grouping (same result)")
     resize: ResizeOptions = option(default_factory=ResizeOptions, help="images")
     fetch: FetchOptions = option(default_factory=FetchOptions, help="fetching")
 
@@ -72,6 +82,8 @@ class BuildOptions(Options):
             self.refuse("shard_size", "must be at least 1")
         if self.threads < 1:
             self.refuse("threads", "must be at least 1")
+        if self.max_group_size < 1:
+            self.refuse("max_group_size", "must be at least 1")
         if self.min_caption_words < 0:
             self.refuse("min_caption_words", "must not be negative")
         if not -1 <= self.near_dup_threshold <= 32:
@@ -80,29 +92,55 @@ class BuildOptions(Options):
             self.refuse("caption_dup_threshold", "must be in 0..1")
 
     def fingerprint(self, files: Sequence[tuple[str, int, float]]) -> dict:
-        """What decides the shards' content; a rerun into the same DIR must match it."""
+        """Everything that decides the shards' content; a rerun into the same DIR must match it. The query
+        list counts by its content; how fast or in what steps the job runs does not count."""
         d = asdict(self)
-        d.pop("out")
-        d.pop("threads")
-        d["fetch"] = {k: d["fetch"][k] for k in ("max_bytes", "max_redirects", "disallowed_directives")}
+        for name in ("out", "threads", "plan_only", "max_group_size"):
+            d.pop(name)
+        d["fetch"] = {k: d["fetch"][k] for k in _FETCH_DECIDES}
         d["candidates"] = [list(f) for f in files]
+        d["queries"] = hashlib.sha256(fileio.read_bytes(self.queries)).hexdigest()
         return json.loads(json.dumps(d))
 
 
-def build_pipeline(p: beam.Pipeline, files: Sequence[str], opts: BuildOptions, finished: frozenset[int]) -> None:
-    """The stages in the order pairs flow through them; each counts what it drops (see pipelines.stages)."""
+# What makes a fetch end differently, as opposed to how long it may take.
+_FETCH_DECIDES = ("max_bytes", "max_redirects", "disallowed_directives", "user_agent_token", "robots_txt",
+                  "allow_private_networks", "allowed_addresses")
+
+
+def absolute(opts: BuildOptions) -> BuildOptions:
+    """Local paths made absolute on the driver: workers may run in another directory."""
+    def local(path: str) -> str:
+        return path if "://" in path else os.path.abspath(path)
+
+    return replace(opts, candidates=tuple(local(c) for c in opts.candidates), queries=local(opts.queries),
+                   out=local(opts.out))
+
+
+def plan_pipeline(p: beam.Pipeline, files: Sequence[tuple[str, int]], opts: BuildOptions,
+                  whole: frozenset[int] = frozenset()) -> None:
+    """The stages before the download, in the order pairs flow through them; each counts what it drops."""
+    input_bytes = sum(size for _path, size in files)  # sets how finely URLs and the selection are spread
     candidates, rejects = p | "Read" >> ReadCandidates(files, opts.input_format, opts.url_col, opts.caption_col)
     candidates = candidates | "FilterCaptions" >> FilterCaptions(opts.min_caption_words)
     pairs = candidates | "Match" >> MatchQueries(opts.queries)
-    unique = pairs | "DedupUrls" >> DedupUrls()
-    kept = unique | "CaptionDedup" >> CaptionDedup(opts.caption_dup_threshold, opts.seed, opts.out)
-    selected = kept | "Balance" >> Balance(opts.per_query_cap, opts.seed)
-    pending = selected | "AssignShards" >> AssignShards(opts.shard_size)
+    unique = pairs | "DedupUrls" >> DedupUrls(partitions_for(input_bytes))
+    kept = unique | "CaptionDedup" >> CaptionDedup(opts.caption_dup_threshold, opts.seed, opts.out,
+                                                   opts.max_group_size)
+    selected, matched, unproven = kept | "Balance" >> Balance(opts.per_query_cap, opts.seed, whole)
+    planned = selected | "AssignShards" >> AssignShards(opts.shard_size, opts.out, buckets_for(input_bytes))
+    _ = (matched, selected, rejects, planned, unproven) | "RunDetails" >> RunDetails(
+        opts.queries, opts.out, opts.per_query_cap, opts.shard_size)
+
+
+def fetch_pipeline(p: beam.Pipeline, shards: int, opts: BuildOptions, finished: frozenset[int]) -> None:
+    """The planned shards downloaded, deduplicated across the whole dataset and written."""
+    pending = p | "Shards" >> beam.Create(range(shards)) | "SpreadShards" >> beam.Reshuffle() \
+        | "ReadPlan" >> ReadPlan(opts.out, opts.shard_size)
     images, shard_numbers = pending | "Download" >> DownloadShards(opts.out, finished, opts.fetch, opts.resize,
                                                                    opts.threads)
-    verdicts = images | "ImageDedup" >> ImageDedup(opts.near_dup_threshold)
-    written = (shard_numbers, verdicts) | "WriteShards" >> WriteShards(opts.out, finished)
-    _ = (unique, selected, rejects, written) | "RunDetails" >> RunDetails(opts.queries, opts.out, opts.per_query_cap)
+    verdicts = images | "ImageDedup" >> ImageDedup(opts.near_dup_threshold, opts.max_group_size)
+    _ = (shard_numbers, verdicts) | "WriteShards" >> WriteShards(opts.out, finished)
 
 
 # ---------------------------------------------------------------- driver
@@ -117,7 +155,7 @@ def _match_candidates(patterns: Sequence[str]) -> list[tuple[str, int, float]]:
 
 
 def _finished_shards(out: str) -> frozenset[int]:
-    pattern = fileio.join(out, "shards", "*_stats.json")
+    pattern = fileio.join(fileio.escape(out), "shards", "*_stats.json")
     found = set()
     for m in FileSystems.match([pattern])[0].metadata_list:
         name = m.path.rsplit("/", 1)[-1].split("_", 1)[0]
@@ -127,10 +165,8 @@ def _finished_shards(out: str) -> frozenset[int]:
 
 
 def _clean_temporaries(out: str) -> None:
-    for folder in ("shards", "_staging"):
-        tmp = FileSystems.match([fileio.join(out, folder, ".*.tmp-*")])[0].metadata_list
-        if tmp:
-            FileSystems.delete([m.path for m in tmp])
+    for folder in ("plan", "shards", "_staging"):
+        _delete(fileio.join(out, folder), ".*.tmp-*")
 
 
 def _check_out(opts: BuildOptions, files: list[tuple[str, int, float]]) -> None:
@@ -143,14 +179,44 @@ def _check_out(opts: BuildOptions, files: list[tuple[str, int, float]]) -> None:
         if changed:
             raise BuildError(f"{opts.out} was built with different {', '.join(changed)}; "
                              "use another --out (or delete it) to build with these settings")
-    elif FileSystems.match([fileio.join(opts.out, "shards", "*")])[0].metadata_list:
+    elif FileSystems.match([fileio.join(fileio.escape(opts.out), "shards", "*")])[0].metadata_list:
         raise BuildError(f"{opts.out}/shards holds files from an unknown build; use an empty --out")
     else:
         fileio.write_bytes(marker, json.dumps(fingerprint, indent=1).encode() + b"\n")
 
 
+def _run(build, beam_args: Sequence[str], *args) -> tuple[dict, dict]:
+    """Run one job; the stage counts and key sizes it reported."""
+    p = beam.Pipeline(options=pipeline_options(beam_args))
+    build(p, *args)
+    result = p.run()
+    result.wait_until_finish()
+    return stages.from_metrics(result), stages.key_sizes_from_metrics(result)
+
+
+def _delete(folder: str, pattern: str) -> None:
+    """Files in `folder` whose names match `pattern`."""
+    found = FileSystems.match([fileio.join(fileio.escape(folder), pattern)])[0].metadata_list
+    if found:
+        fileio.delete([m.path for m in found])
+
+
+def _make_plan(opts: BuildOptions, files: list[tuple[str, int]], beam_args: Sequence[str]) -> dict:
+    whole: frozenset[int] = frozenset()
+    while True:
+        _delete(fileio.join(opts.out, "plan"), "*")  # an unfinished plan's files, or the unproven one's
+        counts, keys = _run(plan_pipeline, beam_args, files, opts, whole)
+        unproven = unproven_queries(opts.out)
+        if not unproven:
+            return write_plan_marker(opts.out, counts, keys)
+        # see Balance: astronomically rare; those queries then take all their pairs
+        log.warning("balancing again with %d queries taking all their pairs: %s", len(unproven), unproven[:10])
+        whole |= frozenset(unproven)
+
+
 def run_build(opts: BuildOptions, beam_args: Sequence[str] = ()) -> dict:
-    """Run the job to completion; returns the run stats (also in DIR/stats.json)."""
+    """Plan (unless DIR holds a finished plan) and download; returns the run stats (also in DIR/stats.json)."""
+    opts = absolute(opts)
     files = _match_candidates(opts.candidates)
     if not FileSystems.exists(opts.queries):
         raise BuildError(f"--queries {opts.queries}: no such file")
@@ -158,15 +224,19 @@ def run_build(opts: BuildOptions, beam_args: Sequence[str] = ()) -> dict:
         raise BuildError(f"--queries {opts.queries}: the file holds no query")
     _check_out(opts, files)
     _clean_temporaries(opts.out)
+    plan = read_plan_marker(opts.out)
+    if plan is None:
+        plan = _make_plan(opts, [(f[0], f[1]) for f in files], beam_args)
+    else:
+        log.info("%s holds a finished plan of %d shard(s): downloading it", opts.out, plan["shards"])
+    if opts.plan_only:
+        return write_stats(opts.out, plan, {}, {}, opts.per_query_cap, opts.seed)
     finished = _finished_shards(opts.out)
     if finished:
         log.info("%d finished shard(s) in %s are kept", len(finished), opts.out)
-    p = beam.Pipeline(options=PipelineOptions(list(beam_args)))
-    build_pipeline(p, [f[0] for f in files], opts, finished)
-    result = p.run()
-    result.wait_until_finish()
-    counts = stages.from_metrics(result)
-    problems = stages.unbalanced(counts)
+    counts, keys = _run(fetch_pipeline, beam_args, plan["shards"], opts, finished)
+    stats = write_stats(opts.out, plan, counts, keys, opts.per_query_cap, opts.seed)
+    problems = stages.unbalanced(stats["stages"])
     if problems:  # a stage that drops pairs without counting them: a bug, but the shards are fine
         log.warning("stage counts do not add up: %s", "; ".join(problems))
-    return write_stats(opts.out, counts, opts.per_query_cap, opts.seed)
+    return stats

@@ -6,15 +6,17 @@ costs the rest of the file; a file that cannot be parsed at all raises
 `CandidateFileError` naming the file.
 
 `ReadCandidates` is the job's first stage: file paths in, candidates and
-rejects out, counted as `candidates` and `rejected_rows`.
+rejects out, counted as `candidates` and `rejected_rows`. A file is read in
+parts (Parquet row groups, 64 MiB byte ranges of JSONL and TSV), so one 50 GB
+file is many work items, and every row keeps its number in its file.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Sequence, Union
+from dataclasses import dataclass, replace
+from typing import BinaryIO, Iterable, Iterator, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
 import apache_beam as beam
@@ -24,6 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines.stages import counter
 from wit import fileio
 from wit.errors import InputError
+from wit.runner import relax_gc
 from wit.text import clean_caption
 
 FORMATS = ("parquet", "jsonl", "csv", "tsv")
@@ -64,13 +67,25 @@ def detect_format(path: str) -> str:
     raise CandidateFileError(f"{path}: cannot tell the format from the extension; pass --input-format")
 
 
+def _has_http_host(url: str) -> bool:
+    """http(s) with a host, as urlsplit would read it, without parsing the rest (most URLs are plain)."""
+    head = url[:8].lower()
+    start = 7 if head.startswith("http://") else 8 if head.startswith("https://") else 0
+    if start and "[" not in url and "]" not in url:  # brackets: an IPv6 literal, which urlsplit checks
+        return len(url) > start and url[start] not in "/?#"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
+
+
 def validate(url: object, caption: object, source: str, row: int) -> Union[Candidate, Reject]:
     """Turn one raw row into a Candidate, or a Reject saying why not."""
     if not isinstance(url, str) or not url.strip():
         return Reject(source, row, "missing url")
     url = url.strip()
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+    if not _has_http_host(url):
         return Reject(source, row, f"not an http(s) url: {url[:200]!r}")
     if not isinstance(caption, str):
         return Reject(source, row, "missing caption")
@@ -80,22 +95,114 @@ def validate(url: object, caption: object, source: str, row: int) -> Union[Candi
     return Candidate(url, text, source, row)
 
 
-def _rows_parquet(stream: BinaryIO, path: str, url_col: str, caption_col: str) -> Iterator[tuple[object, object]]:
+SPLIT_BYTES = 64 * 1024 * 1024  # a text file larger than this is read in parts of this size
+
+
+@dataclass(frozen=True)
+class Part:
+    """A piece of one candidate file that one worker reads: row groups [start, end) of a Parquet file, or
+    the lines starting in bytes [start, end) of a text file (end -1: to the end). `first_row` is the
+    part's first row number (for text, its first line's), None until counted."""
+
+    path: str
+    fmt: str
+    start: int
+    end: int
+    first_row: Optional[int]
+    header: Optional[tuple[str, ...]] = None  # CSV/TSV: the file's column names
+
+
+def _compressed(path: str) -> bool:
+    return path.lower().endswith(_COMPRESSION_SUFFIXES)
+
+
+def _open(path: str, fmt: str) -> BinaryIO:
+    # Parquet and byte ranges need a seekable, uncompressed stream; compressed text is read whole.
+    raw = fmt == "parquet" or not _compressed(path)
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED if raw else CompressionTypes.AUTO)
+
+
+def _parquet(stream: BinaryIO, path: str):
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(stream)
+        return pq.ParquetFile(stream)
     except Exception as e:  # pyarrow raises several types for corrupt files
         raise CandidateFileError(f"{path}: not a readable Parquet file: {e}") from e
-    _require_columns(path, pf.schema_arrow.names, url_col, caption_col)
-    try:
-        for batch in pf.iter_batches(columns=[url_col, caption_col], batch_size=8192):
-            yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist())
-    except Exception as e:
-        raise CandidateFileError(f"{path}: corrupt Parquet data: {e}") from e
 
 
-def _require_columns(path: str, names: list[str], url_col: str, caption_col: str) -> None:
+def split_file(path: str, size: int, fmt: str = "auto", split_bytes: int = SPLIT_BYTES) -> list[Part]:
+    """The parts a file is read in: each Parquet row group; byte ranges of `split_bytes` for uncompressed JSONL
+    and TSV (whose records are single lines); one part for CSV (a quoted field may hold a newline) and for
+    compressed files."""
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt not in FORMATS:
+        raise CandidateFileError(f"{path}: unknown input format {fmt!r} (one of {', '.join(FORMATS)})")
+    if fmt == "parquet":
+        with _open(path, fmt) as stream:
+            meta = _parquet(stream, path).metadata
+        parts, row = [], 0
+        for i in range(meta.num_row_groups):
+            parts.append(Part(path, fmt, i, i + 1, row))
+            row += meta.row_group(i).num_rows
+        return parts
+    header = None
+    if fmt in ("csv", "tsv"):
+        with _open(path, fmt) as stream:
+            header = _header(stream.readline(), path, fmt)
+    if fmt == "csv" or _compressed(path) or size <= split_bytes:
+        return [Part(path, fmt, 0, -1, 0, header)]
+    return [Part(path, fmt, start, min(start + split_bytes, size), 0 if start == 0 else None, header)
+            for start in range(0, size, split_bytes)]
+
+
+def lines_in(part: Part) -> int:
+    """How many lines start in the part's byte range (a line starts at 0 and after every newline)."""
+    with _open(part.path, part.fmt) as stream:
+        begin = max(part.start - 1, 0)
+        stream.seek(begin)
+        remaining, newlines = part.end - 1 - begin, 0
+        while remaining > 0:
+            chunk = stream.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            newlines += chunk.count(b"\n")
+            remaining -= len(chunk)
+    return newlines + (1 if part.start == 0 else 0)
+
+
+def number_parts(parts: Sequence[Part], lines: Sequence[int]) -> list[Part]:
+    """One file's parts with their first row numbers, given the lines starting in each."""
+    numbered, row = [], 0
+    for part, n in sorted(zip(parts, lines), key=lambda pn: pn[0].start):
+        numbered.append(replace(part, first_row=row))
+        row += n
+    return numbered
+
+
+def _lines(stream: BinaryIO, part: Part) -> Iterator[bytes]:
+    """The lines starting in the part's byte range, each with its newline."""
+    if part.start > 0:
+        stream.seek(part.start - 1)
+        if stream.read(1) != b"\n":
+            stream.readline()  # the end of a line that started in the part before
+    pos = stream.tell() if part.end >= 0 else 0
+    while part.end < 0 or pos < part.end:
+        line = stream.readline()
+        if not line:
+            return
+        pos += len(line)
+        yield line
+
+
+def _header(line: bytes, path: str, fmt: str) -> Optional[tuple[str, ...]]:
+    text = line.decode("utf-8", errors="replace").rstrip("\r\n")
+    if not text:
+        return None
+    return tuple(next(csv.reader([text]))) if fmt == "csv" else tuple(text.split("\t"))
+
+
+def _require_columns(path: str, names: Sequence[str], url_col: str, caption_col: str) -> None:
     missing = [c for c in (url_col, caption_col) if c not in names]
     if missing:
         raise CandidateFileError(
@@ -103,90 +210,167 @@ def _require_columns(path: str, names: list[str], url_col: str, caption_col: str
             "(set --url-col / --caption-col)")
 
 
-def iter_file(stream: BinaryIO, path: str, fmt: str, url_col: str = "url",
-              caption_col: str = "caption") -> Iterator[Union[Candidate, Reject]]:
-    """Yield a Candidate or a Reject per row (rows counted from 0, as in pandas)."""
-    if fmt == "parquet":
-        for row, (url, caption) in enumerate(_rows_parquet(stream, path, url_col, caption_col)):
-            yield validate(url, caption, path, row)
-    elif fmt == "jsonl":
-        for row, line in enumerate(fileio.iter_lines(stream)):
-            if not line.strip():
-                continue
+def read_part(part: Part, url_col: str = "url", caption_col: str = "caption") -> Iterator[Union[Candidate, Reject]]:
+    """A Candidate or a Reject per row of the part (rows counted from 0 in the file, as in pandas; CSV and
+    TSV rows after the header)."""
+    path = part.path
+    with _open(path, part.fmt) as stream:
+        if part.fmt == "parquet":
+            pf = _parquet(stream, path)
+            _require_columns(path, pf.schema_arrow.names, url_col, caption_col)
+            row = part.first_row
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield Reject(path, row, f"invalid JSON: {e.msg}")
-                continue
-            if not isinstance(record, dict):
-                yield Reject(path, row, "JSON line is not an object")
-                continue
-            yield validate(record.get(url_col), record.get(caption_col), path, row)
-    elif fmt in ("csv", "tsv"):
-        reader = csv.reader(fileio.iter_lines(stream), delimiter="," if fmt == "csv" else "\t")
-        try:
-            header = next(reader)
-        except StopIteration:
-            return
-        _require_columns(path, header, url_col, caption_col)
-        ui, ci = header.index(url_col), header.index(caption_col)
-        try:
-            for row, fields in enumerate(reader):
-                if len(fields) != len(header):
-                    yield Reject(path, row, f"{len(fields)} fields, header has {len(header)}")
-                    continue
-                yield validate(fields[ui], fields[ci], path, row)
-        except csv.Error as e:
-            raise CandidateFileError(f"{path}: line {reader.line_num}: {e}") from e
-    else:
-        raise CandidateFileError(f"{path}: unknown input format {fmt!r} (one of {', '.join(FORMATS)})")
+                for batch in pf.iter_batches(columns=[url_col, caption_col], batch_size=8192,
+                                             row_groups=list(range(part.start, part.end))):
+                    for url, caption in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+                        yield validate(url, caption, path, row)
+                        row += 1
+            except Exception as e:
+                raise CandidateFileError(f"{path}: corrupt Parquet data: {e}") from e
+        elif part.fmt == "jsonl":
+            yield from _jsonl(_lines(stream, part), part, url_col, caption_col)
+        elif part.fmt == "tsv":
+            yield from _tsv(_lines(stream, part), part, url_col, caption_col)
+        else:
+            yield from _csv(stream, part, url_col, caption_col)
 
 
-def read_path(path: str, fmt: str = "auto", url_col: str = "url",
-              caption_col: str = "caption") -> Iterator[Union[Candidate, Reject]]:
-    """Read one file through Beam's FileSystems (local, gs://, s3://, hdfs://...)."""
-    fmt = detect_format(path) if fmt == "auto" else fmt
-    # Parquet needs a seekable, uncompressed stream; text formats may be compressed.
-    compression = CompressionTypes.UNCOMPRESSED if fmt == "parquet" else CompressionTypes.AUTO
-    with FileSystems.open(path, compression_type=compression) as stream:
-        yield from iter_file(stream, path, fmt, url_col, caption_col)
+def _jsonl(lines: Iterable[bytes], part: Part, url_col: str, caption_col: str):
+    for row, raw in enumerate(lines, part.first_row):
+        line = raw.decode("utf-8", errors="replace")
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield Reject(part.path, row, f"invalid JSON: {e.msg}")
+            continue
+        if not isinstance(record, dict):
+            yield Reject(part.path, row, "JSON line is not an object")
+            continue
+        yield validate(record.get(url_col), record.get(caption_col), part.path, row)
+
+
+def _tsv(lines: Iterable[bytes], part: Part, url_col: str, caption_col: str):
+    """Tab-separated, one record a line, no quoting (img2dataset's reading): a field holds no tab or newline."""
+    if part.header is None:
+        return
+    _require_columns(part.path, part.header, url_col, caption_col)
+    ui, ci, width = part.header.index(url_col), part.header.index(caption_col), len(part.header)
+    for line_no, raw in enumerate(lines, part.first_row):
+        if line_no == 0:
+            continue  # the header
+        fields = raw.decode("utf-8", errors="replace").rstrip("\r\n").split("\t")
+        if len(fields) != width:
+            yield Reject(part.path, line_no - 1, f"{len(fields)} fields, header has {width}")
+            continue
+        yield validate(fields[ui], fields[ci], part.path, line_no - 1)
+
+
+def _csv(stream: BinaryIO, part: Part, url_col: str, caption_col: str):
+    reader = csv.reader(fileio.iter_lines(stream))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    _require_columns(part.path, header, url_col, caption_col)
+    ui, ci = header.index(url_col), header.index(caption_col)
+    try:
+        for row, fields in enumerate(reader):
+            if len(fields) != len(header):
+                yield Reject(part.path, row, f"{len(fields)} fields, header has {len(header)}")
+                continue
+            yield validate(fields[ui], fields[ci], part.path, row)
+    except csv.Error as e:
+        raise CandidateFileError(f"{part.path}: line {reader.line_num}: {e}") from e
+
+
+def read_path(path: str, fmt: str = "auto", url_col: str = "url", caption_col: str = "caption",
+              split_bytes: int = SPLIT_BYTES) -> Iterator[Union[Candidate, Reject]]:
+    """A whole file, part after part, as the job reads it (local, gs://, s3://, hdfs://...)."""
+    size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+    parts = split_file(path, size, fmt, split_bytes)
+    if any(p.first_row is None for p in parts):
+        parts = number_parts(parts, [lines_in(p) for p in parts])
+    for part in parts:
+        yield from read_part(part, url_col, caption_col)
+
+
+READ_BATCH = 8192  # candidates a Beam element holds: the matcher takes them a list at a time (bench/match.py)
 
 
 class ReadCandidates(beam.PTransform):
-    """Candidate files in (the pipeline's root); (candidates, rejects) out."""
+    """(path, size) of every candidate file in (the pipeline's root); (lists of up to READ_BATCH candidates,
+    rejects) out.
 
-    def __init__(self, files: Sequence[str], fmt: str, url_col: str, caption_col: str):
+    Files are cut into parts (`split_file`), so one large file is read by many workers; the parts of a
+    text file are numbered by counting the lines before them, so every row keeps its number in the file.
+    """
+
+    def __init__(self, files: Sequence[tuple[str, int]], fmt: str, url_col: str, caption_col: str,
+                 split_bytes: int = SPLIT_BYTES):
         super().__init__()
         self.files, self.fmt, self.url_col, self.caption_col = sorted(files), fmt, url_col, caption_col
+        self.split_bytes = split_bytes
 
     def expand(self, root):
-        read = (
+        parts = (
             root
             | "CandidateFiles" >> beam.Create(self.files)
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadFile" >> beam.ParDo(_ReadFile(self.fmt, self.url_col, self.caption_col))
+            | "SplitFiles" >> beam.FlatMap(_split, self.fmt, self.split_bytes).with_outputs(_UNNUMBERED,
+                                                                                            main="numbered")
+        )
+        numbered = (
+            parts[_UNNUMBERED]
+            | "CountLines" >> beam.Map(lambda p: (p.path, (p, lines_in(p))))
+            | "PartsOfFile" >> beam.GroupByKey()
+            | "NumberParts" >> beam.FlatMap(lambda kv: number_parts(*zip(*kv[1])))
+        )
+        read = (
+            (parts.numbered, numbered)
+            | "AllParts" >> beam.Flatten()
+            | "SpreadParts" >> beam.Reshuffle()
+            | "ReadPart" >> beam.ParDo(_ReadPart(self.url_col, self.caption_col))
             .with_outputs(_REJECTS, main="candidates")
         )
         return read.candidates, read[_REJECTS]
 
 
 _REJECTS = "rejects"
+_UNNUMBERED = "unnumbered"
 
 
-class _ReadFile(beam.DoFn):
+def _split(file: tuple[str, int], fmt: str, split_bytes: int):
+    parts = split_file(file[0], file[1], fmt, split_bytes)
+    counted = any(p.first_row is None for p in parts)  # then every part of the file is counted, the first too
+    for part in parts:
+        yield beam.pvalue.TaggedOutput(_UNNUMBERED, part) if counted else part
+
+
+class _ReadPart(beam.DoFn):
     rows, rejected = counter("candidates"), counter("rejected_rows")
 
-    def __init__(self, fmt: str, url_col: str, caption_col: str):
-        self.fmt, self.url_col, self.caption_col = fmt, url_col, caption_col
+    def __init__(self, url_col: str, caption_col: str):
+        self.url_col, self.caption_col = url_col, caption_col
 
-    def process(self, path: str):
+    def setup(self):
+        relax_gc()
+
+    def process(self, part: Part):
         n = bad = 0
-        for item in read_path(path, self.fmt, self.url_col, self.caption_col):
+        batch: list[Candidate] = []
+        for item in read_part(part, self.url_col, self.caption_col):
             n += 1
             if isinstance(item, Reject):
                 bad += 1
                 yield beam.pvalue.TaggedOutput(_REJECTS, item)
             else:
-                yield item
+                batch.append(item)
+                if len(batch) == READ_BATCH:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
         self.rows.inc(n)
         self.rejected.inc(bad)

@@ -18,7 +18,7 @@ def long_enough(caption: str, min_words: int) -> bool:
 
 
 class FilterCaptions(beam.PTransform):
-    """Candidates in; those whose caption has at least `min_words` words out."""
+    """Lists of candidates in; the same, keeping those whose caption has at least `min_words` words, out."""
 
     def __init__(self, min_words: int):
         super().__init__()
@@ -36,8 +36,8 @@ class _KeepLong(beam.DoFn):
     def __init__(self, min_words: int):
         self.min_words = min_words
 
-    def process(self, candidate):
-        if long_enough(candidate.caption, self.min_words):
-            yield candidate
-        else:
-            self.dropped.inc()
+    def process(self, batch):
+        kept = [c for c in batch if long_enough(c.caption, self.min_words)]
+        self.dropped.inc(len(batch) - len(kept))
+        if kept:
+            yield kept

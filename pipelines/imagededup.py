@@ -20,6 +20,8 @@ from typing import Iterable, NamedTuple, Sequence
 
 import apache_beam as beam
 
+from pipelines.grouping import MAX_GROUP, KeeperPerKey
+from pipelines.stages import key_sizes
 from wit.shardformat import ErrorKind, Status
 
 
@@ -80,26 +82,31 @@ def near_duplicates(infos: Sequence[ImageInfo], threshold: int) -> dict[str, Ima
 
 
 class Verdict(NamedTuple):
-    """A downloaded image the writer turns into a dropped sample."""
+    """A downloaded image the writer turns into a dropped sample; `duplicate_of` is the kept image's key."""
 
     uid: str
     status: Status
     kind: ErrorKind
     message: str
+    duplicate_of: str
+
+
+def _rank(info: ImageInfo) -> tuple[int, str]:
+    return info.rank
 
 
 class ImageDedup(beam.PTransform):
     """ImageInfo in; (shard, Verdict) out for every dropped image."""
 
-    def __init__(self, threshold: int):
+    def __init__(self, threshold: int, max_group: int = MAX_GROUP):
         super().__init__()
-        self.threshold = threshold
+        self.threshold, self.max_group = threshold, max_group
 
     def expand(self, infos):
         exact = (
             infos
             | "BySha256" >> beam.Map(lambda i: (i.sha256, i))
-            | "GroupSha256" >> beam.GroupByKey()
+            | "KeeperPerSha256" >> KeeperPerKey("sha256", _rank, self.max_group)
             | "ExactDup" >> beam.FlatMap(_exact_verdicts).with_outputs("verdicts", main="kept")
         )
         if self.threshold < 0:
@@ -109,22 +116,36 @@ class ImageDedup(beam.PTransform):
             exact.kept
             | "Bands" >> beam.FlatMap(lambda i: [(band, i) for band in bands(i.phash, t)])
             | "GroupBand" >> beam.GroupByKey()
-            | "Neighbours" >> beam.FlatMap(lambda kv: [((i.shard, i.uid), b)
-                                                       for i, b in better_neighbours(list(kv[1]), t)])
-            | "BestNeighbour" >> beam.CombinePerKey(lambda bs: min(bs, key=lambda b: b.rank))
-            | "NearVerdict" >> beam.Map(lambda kv: (kv[0][0], Verdict(kv[0][1], Status.NEAR_DUPLICATE,
-                                                                      ErrorKind.NEAR_DUPLICATE,
-                                                                      f"near duplicate of {kv[1].key}")))
+            | "Neighbours" >> beam.ParDo(_Neighbours(t))
+            | "BestNeighbour" >> beam.CombinePerKey(lambda ds: min(ds, key=lambda d: d[0].rank))
+            | "NearVerdict" >> beam.Map(_near_verdict)
         )
         return (exact.verdicts, near) | "AllVerdicts" >> beam.Flatten()
 
 
 def _exact_verdicts(item):
-    _sha, group = item
-    group = list(group)
-    best = best_of(group)
-    yield best
-    for info in group:
-        if info.uid != best.uid:
-            yield beam.pvalue.TaggedOutput("verdicts", (info.shard, Verdict(
-                info.uid, Status.DUPLICATE, ErrorKind.DUPLICATE, f"duplicate of {best.key}")))
+    _sha, info, keeper = item
+    if info.uid == keeper.uid:
+        yield info
+    else:
+        yield beam.pvalue.TaggedOutput("verdicts", (info.shard, Verdict(
+            info.uid, Status.DUPLICATE, ErrorKind.DUPLICATE, "the same bytes as a kept image", keeper.key)))
+
+
+class _Neighbours(beam.DoFn):
+    """((shard, uid), (better image, distance)) for each image of a band group that a better one is near."""
+
+    def __init__(self, threshold: int):
+        self.threshold = threshold
+
+    def process(self, item):
+        group = list(item[1])
+        key_sizes("phash_band").update(len(group))
+        for info, better in better_neighbours(group, self.threshold):
+            yield (info.shard, info.uid), (better, hamming(info.phash, better.phash))
+
+
+def _near_verdict(item):
+    (shard, uid), (better, distance) = item
+    return shard, Verdict(uid, Status.NEAR_DUPLICATE, ErrorKind.NEAR_DUPLICATE,
+                          f"pHash {distance} bits from a kept image", better.key)

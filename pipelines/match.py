@@ -23,9 +23,10 @@ whose caption matches a query, counted as `matched` and `unmatched`.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import apache_beam as beam
 import numba
@@ -34,6 +35,7 @@ import pyarrow as pa
 
 from pipelines.stages import counter
 from wit.errors import InputError
+from wit.runner import relax_gc
 from wit.text import match_form
 
 _NO = -1
@@ -69,10 +71,17 @@ def read_queries(path: str) -> list[str]:
     A query's id is its 0-based line number, so ids stay stable and map back
     to the file with `sed -n "$((id+1))p"`. Blank lines keep their number.
     """
+    return _decode(_read(path), path)
+
+
+def _read(path: str) -> bytes:
     from apache_beam.io.filesystems import FileSystems
 
     with FileSystems.open(path) as f:
-        data = f.read()
+        return f.read()
+
+
+def _decode(data: bytes, path: str) -> list[str]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -470,40 +479,43 @@ class QueryMatcher:
 
 
 _CACHE: dict[str, QueryMatcher] = {}
+_CACHE_LOCK = threading.Lock()
 
 
 def matcher_for(path: str) -> QueryMatcher:
-    """One automaton per process and query file: Beam may create many DoFn instances."""
-    if path not in _CACHE:
-        _CACHE[path] = QueryMatcher(read_queries(path))
-    return _CACHE[path]
+    """One automaton per process and query list: Beam creates many DoFn instances, and a long-lived worker
+    serves job after job, so the cache is keyed by the file's content, not its path."""
+    data = _read(path)
+    key = hashlib.blake2b(data, digest_size=16).hexdigest()
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE.clear()  # one list at a time: a worker never needs the previous job's automaton again
+            _CACHE[key] = QueryMatcher(_decode(data, path))
+        return _CACHE[key]
 
 
-@dataclass(frozen=True)
-class Pair:
-    """A candidate whose caption matched: what the later stages carry instead of the candidate."""
+class Pair(NamedTuple):
+    """A candidate whose caption matched: what the later stages carry instead of the candidate.
+
+    Between steps Beam carries it as the plain tuple `tuple(pair)` (a NamedTuple would be pickled, four
+    times slower), and `Pair._make` restores it."""
 
     caption: str
     url: str
     matched: tuple[int, ...]
 
 
-MATCH_BATCH = 8192  # captions per matcher call; bench/match.py measures at this size
 
 
 class MatchQueries(beam.PTransform):
-    """Candidates in; a `Pair` out for each caption matching at least one query."""
+    """Lists of candidates in; a `Pair`, as a plain tuple, out for each caption matching at least one query."""
 
     def __init__(self, queries: str):
         super().__init__()
         self.queries = queries
 
-    def expand(self, candidates):
-        return (
-            candidates
-            | "BatchForMatch" >> beam.BatchElements(min_batch_size=MATCH_BATCH // 16, max_batch_size=MATCH_BATCH)
-            | "MatchBatch" >> beam.ParDo(_MatchBatch(self.queries))
-        )
+    def expand(self, batches):
+        return batches | "MatchBatch" >> beam.ParDo(_MatchBatch(self.queries))
 
 
 class _MatchBatch(beam.DoFn):
@@ -515,6 +527,7 @@ class _MatchBatch(beam.DoFn):
         self.queries = queries
 
     def setup(self):
+        relax_gc()
         self.matcher = matcher_for(self.queries)
 
     def process(self, batch):
@@ -522,6 +535,6 @@ class _MatchBatch(beam.DoFn):
         for c, ids in zip(batch, self.matcher.match_many([c.caption for c in batch])):
             if ids:
                 hits += 1
-                yield Pair(c.caption, c.url, ids)
+                yield c.caption, c.url, ids
         self.matched.inc(hits)
         self.unmatched.inc(len(batch) - hits)

@@ -1,22 +1,54 @@
-"""Order and shard: selected pairs get their key and shard before anything is downloaded.
+"""Order and shard: selected pairs get their key before anything is downloaded, and the result is the
+build's plan.
 
 The order is the uid's (a hash of the normalised URL), so it is exact and
 seed-free, and a rerun knows which shards are finished. Ranking happens in
-65,536 buckets of the uid's first hex digits (a few thousand pairs each at 400
-million), and a bucket's offset is the number of pairs in the buckets before it.
+buckets of consecutive uids, one per `BUCKET_BYTES` of input, so none holds more
+than a few thousand pairs whatever the dataset's size; a bucket's first index
+is the number of pairs in the buckets before it, and shard s holds indices
+[s * size, (s + 1) * size).
+
+The plan is DIR/plan/BUCKET.parquet, one file per bucket in key order (key, uid,
+url, caption and the matched and selecting query ids), with DIR/plan/_index.json
+listing each bucket's first index and rows: what `wit build --plan-only` stops
+at, what the download reads a shard from, and a URL list img2dataset takes as
+it is. Writing buckets rather than shards spares the selection a second shuffle.
 """
 
 from __future__ import annotations
 
+import io
+import json
+from itertools import chain
+from typing import Iterable, Sequence
+
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from wit.shardformat import Sample, Status, key_for
+from pipelines.grouping import ListsPerKey, unpack
+from pipelines.match import Pair
+from pipelines.stages import key_sizes
+from wit import fileio, shardformat
+from wit.runner import relax_gc
+from wit.shardformat import Sample, Status, keys_for
 
-BUCKET_HEX_DIGITS = 4
+BUCKET_BYTES = 250_000  # candidate input per ordering bucket: at most a few thousand selected pairs each
+INDEX = "_index.json"
+PLAN_SCHEMA = pa.schema([shardformat.SCHEMA.field(name) for name in
+                         ("key", "uid", "url", "caption", "matched_query_ids", "selected_query_ids")])
 
 
-def bucket_of(uid: str) -> int:
-    return int(uid[:BUCKET_HEX_DIGITS], 16)
+def buckets_for(input_bytes: int) -> int:
+    """Enough buckets that none holds more selected pairs than its share of the input has candidates. From
+    the input's size, known before anything runs: a count would make the selection wait to be stored."""
+    return max(1, input_bytes // BUCKET_BYTES)
+
+
+def bucket_of(uid: str, buckets: int) -> int:
+    """Buckets split the uid range evenly, so a smaller bucket number means smaller uids."""
+    return int(uid[:12], 16) * buckets >> 48
 
 
 def bucket_offsets(counts: dict[int, int]) -> dict[int, int]:
@@ -27,37 +59,128 @@ def bucket_offsets(counts: dict[int, int]) -> dict[int, int]:
     return offsets
 
 
-def assign_keys(item, offsets: dict[int, int], shard_size: int):
-    """Global index = bucket offset + rank of the uid in its bucket."""
-    bucket, members = item
-    base = offsets[bucket]
-    for rank, (uid, (pair, selected)) in enumerate(sorted(members, key=lambda m: (m[0], m[1][0].url))):
-        index = base + rank
-        shard = index // shard_size
-        yield shard, Sample(key=key_for(shard, index % shard_size, shard_size), uid=uid, url=pair.url,
-                            caption=pair.caption, status=Status.PENDING, matched_query_ids=pair.matched,
-                            selected_query_ids=selected)
+def ranked(members: Iterable[tuple[str, Pair, tuple[int, ...]]]) -> list[tuple[str, Pair, tuple[int, ...]]]:
+    """A bucket's selected (uid, pair, selecting ids) in key order: by uid (and URL, should two URLs share a
+    uid). Pairs are the plain tuples Beam carries."""
+    return sorted(members, key=lambda m: (m[0], m[1][1]))
+
+
+def plan_path(out: str, bucket: int) -> str:
+    return fileio.join(out, "plan", f"{bucket:07d}.parquet")
+
+
+def _id_lists(lists: Sequence[tuple[int, ...]]) -> pa.ListArray:
+    """Query-id tuples as an Arrow list column, built from flat values and offsets (3x pyarrow's own
+    conversion of nested Python sequences)."""
+    lengths = np.fromiter(map(len, lists), np.int32, len(lists))
+    offsets = np.zeros(len(lists) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.fromiter(chain.from_iterable(lists), np.int32, int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+def write_bucket(out: str, bucket: int, first: int, members: Sequence[tuple[str, Pair, tuple[int, ...]]],
+                 shard_size: int) -> None:
+    """A bucket's ranked pairs, their keys counted from `first`, as one plan file. Written whole to memory
+    first: a Parquet writer makes many small writes, which a filesystem stream pays for each."""
+    uids, pairs, selected = zip(*members) if members else ((), (), ())
+    captions, urls, matched = zip(*pairs) if pairs else ((), (), ())
+    table = pa.table({
+        "key": keys_for(first, len(members), shard_size),
+        "uid": uids, "url": urls, "caption": captions,
+        "matched_query_ids": _id_lists(matched), "selected_query_ids": _id_lists(selected),
+    }, schema=PLAN_SCHEMA)
+    buffer = io.BytesIO()
+    # unique strings: a dictionary only costs time
+    pq.write_table(table, buffer, compression="zstd", use_dictionary=False)
+    fileio.write_bytes(plan_path(out, bucket), buffer.getvalue())
+
+
+def write_index(out: str, ranges: Iterable[tuple[int, int, int]]) -> int:
+    """DIR/plan/_index.json: (bucket, first index, rows) of every bucket, in key order; returns the rows."""
+    ranges = sorted(ranges, key=lambda r: r[1])
+    fileio.write_bytes(fileio.join(out, "plan", INDEX), json.dumps(ranges).encode())
+    return sum(n for _, _, n in ranges)
+
+
+def read_index(out: str) -> list[tuple[int, int, int]]:
+    return [tuple(r) for r in json.loads(fileio.read_bytes(fileio.join(out, "plan", INDEX)))]
+
+
+def read_shard(out: str, shard: int, shard_size: int, index: Sequence[tuple[int, int, int]]) -> list[Sample]:
+    """Shard `shard`'s pending samples, from the plan files of the buckets it overlaps."""
+    start, end = shard * shard_size, (shard + 1) * shard_size
+    samples = []
+    for bucket, first, rows in index:
+        if first >= end or first + rows <= start:
+            continue
+        table = shardformat.read_parquet(plan_path(out, bucket))
+        lo, hi = max(start - first, 0), min(end - first, rows)
+        samples += [Sample(status=Status.PENDING, **{**r, "matched_query_ids": tuple(r["matched_query_ids"]),
+                                                     "selected_query_ids": tuple(r["selected_query_ids"])})
+                    for r in table.slice(lo, hi - lo).to_pylist()]
+    return samples
 
 
 class AssignShards(beam.PTransform):
-    """(uid, (Pair, selecting ids)) in; (shard, pending Samples) out, one element per shard."""
+    """Lists of selected (uid, Pair, selecting ids) in; every bucket's pairs written to the plan; (bucket, first
+    index, rows) out."""
 
-    def __init__(self, shard_size: int):
+    def __init__(self, shard_size: int, out: str, buckets: int):
         super().__init__()
-        self.shard_size = shard_size
+        self.shard_size, self.out, self.buckets = shard_size, out, buckets
 
     def expand(self, selected):
+        b = self.buckets
+        by_bucket = selected | "ListsPerBucket" >> beam.ParDo(ListsPerKey(lambda m: bucket_of(m[0], b)))
         offsets = (
-            selected
-            | "BucketOne" >> beam.Map(lambda kv: (bucket_of(kv[0]), 1))
-            | "BucketCount" >> beam.CombinePerKey(sum)
+            by_bucket
+            | "ListSizes" >> beam.Map(lambda kv: (kv[0], kv[1][0]))
+            | "BucketSizes" >> beam.CombinePerKey(sum)
             | "BucketDict" >> beam.combiners.ToDict()
             | "Offsets" >> beam.Map(bucket_offsets)
         )
         return (
-            selected
-            | "ByBucket" >> beam.Map(lambda kv: (bucket_of(kv[0]), kv))
+            by_bucket
             | "GroupBucket" >> beam.GroupByKey()
-            | "AssignKeys" >> beam.FlatMap(assign_keys, beam.pvalue.AsSingleton(offsets), self.shard_size)
-            | "GroupShard" >> beam.GroupByKey()
+            | "WriteBucket" >> beam.ParDo(_WriteBucket(self.out, self.shard_size), beam.pvalue.AsSingleton(offsets))
         )
+
+
+class _WriteBucket(beam.DoFn):
+    def __init__(self, out: str, shard_size: int):
+        self.out, self.shard_size = out, shard_size
+
+    def setup(self):
+        relax_gc()
+
+    def process(self, item, offsets):
+        bucket, lists = item
+        members = ranked(m for _n, packed in lists for m in unpack(packed))
+        key_sizes("order_bucket").update(len(members))
+        write_bucket(self.out, bucket, offsets[bucket], members, self.shard_size)
+        yield bucket, offsets[bucket], len(members)
+
+
+class ReadPlan(beam.PTransform):
+    """Shard numbers in; (shard, pending samples) out, read from the plan."""
+
+    def __init__(self, out: str, shard_size: int):
+        super().__init__()
+        self.out, self.shard_size = out, shard_size
+
+    def expand(self, shards):
+        return shards | "ReadShard" >> beam.ParDo(_ReadShard(self.out, self.shard_size))
+
+
+class _ReadShard(beam.DoFn):
+    def __init__(self, out: str, shard_size: int):
+        self.out, self.shard_size = out, shard_size
+
+    def setup(self):
+        self.index = read_index(self.out)
+
+    def process(self, shard: int):
+        samples = read_shard(self.out, shard, self.shard_size, self.index)
+        key_sizes("shard").update(len(samples))
+        yield shard, samples

@@ -1,20 +1,26 @@
 """The run's statistics: per-query counts, their distribution, and stats.json.
 
-The pipeline's last step writes DIR/query_counts.tsv and leaves the per-query
+The plan's last step writes DIR/query_counts.tsv and leaves the per-query
 distributions, the first rejected rows and the number of shards in
-DIR/_staging/run.json; the driver adds the stage counts (Beam counters, see
-`pipelines.stages`) once the job has finished and writes DIR/stats.json.
-Everything here is bounded by the number of queries, not of pairs.
+DIR/plan/_details.json; the driver adds the stage counts and key sizes (Beam
+metrics, see `pipelines.stages`) once each job has finished: DIR/plan/_plan.json
+after the plan, DIR/stats.json after the download. Everything here is bounded
+by the number of queries, not of pairs.
 """
 
 from __future__ import annotations
 
 import json
+from itertools import chain
 from typing import Mapping, Optional, Sequence
 
 import apache_beam as beam
+import numpy as np
 
+from pipelines.grouping import CountPerKey
 from pipelines.match import read_queries
+from pipelines.order import write_index
+from pipelines.stages import GROUPING_NAMES, NAMES
 from wit import fileio
 from wit.shardformat import Status
 
@@ -23,8 +29,15 @@ STATS = "stats.json"
 REJECT_EXAMPLES = 20
 
 
+PLAN = "_plan.json"
+
+
 def _details_path(out: str) -> str:
-    return fileio.join(out, "_staging", "run.json")
+    return fileio.join(out, "plan", "_details.json")
+
+
+def plan_marker(out: str) -> str:
+    return fileio.join(out, "plan", PLAN)
 
 
 def distribution(counts: Mapping[int, int], queries: Sequence[str], cap: Optional[int]) -> dict:
@@ -47,35 +60,36 @@ def distribution(counts: Mapping[int, int], queries: Sequence[str], cap: Optiona
     return d
 
 
-def _per_query(pcoll, label: str, ids):
-    return (pcoll | f"{label}Ids" >> beam.FlatMap(lambda x: [(q, 1) for q in ids(x)])
-            | f"{label}Sum" >> beam.CombinePerKey(sum))
-
-
 class RunDetails(beam.PTransform):
-    """Writes query_counts.tsv and the run's details from the unique pairs, the selection, the rejected rows
-    and the written shards (whose end it waits for)."""
+    """Writes query_counts.tsv, the plan's index and the run's details from the per-query match counts, the
+    selection, the rejected rows, the planned buckets (whose end it waits for) and the unproven queries."""
 
-    def __init__(self, queries: str, out: str, cap: int):
+    def __init__(self, queries: str, out: str, cap: int, shard_size: int):
         super().__init__()
-        self.queries, self.out, self.cap = queries, out, cap
+        self.queries, self.out, self.cap, self.shard_size = queries, out, cap, shard_size
 
     def expand(self, inputs):
-        unique, selected, rejects, written = inputs
+        matched, selected, rejects, planned, unproven = inputs
         return (
-            unique.pipeline
+            matched.pipeline
             | "RunDetailsTrigger" >> beam.Create([None])
             | "WriteRunDetails" >> beam.Map(
-                _write_details, self.queries, self.out, self.cap,
-                beam.pvalue.AsList(_per_query(unique, "Matched", lambda kv: kv[1].matched)),
-                beam.pvalue.AsList(_per_query(selected, "Selected", lambda kv: kv[1][1])),
+                _write_details, self.queries, self.out, self.cap, self.shard_size,
+                beam.pvalue.AsList(matched),
+                beam.pvalue.AsList(selected | "SelectedPerQuery" >> CountPerKey(_selecting_ids)),
                 beam.pvalue.AsSingleton(rejects | "RejectExamples" >> beam.combiners.Top.Of(
                     REJECT_EXAMPLES, key=lambda r: (r.source, r.row), reverse=True), default_value=[]),
-                beam.pvalue.AsSingleton(written | "CountShards" >> beam.combiners.Count.Globally()))
+                beam.pvalue.AsList(planned),
+                beam.pvalue.AsList(unproven))
         )
 
 
-def _write_details(_, queries_path: str, out: str, cap: int, matched, selected, rejects, shards: int) -> None:
+def _selecting_ids(batch: list) -> np.ndarray:
+    return np.fromiter(chain.from_iterable(ids for _uid, _pair, ids in batch), np.int64)
+
+
+def _write_details(_, queries_path: str, out: str, cap: int, shard_size: int, matched, selected, rejects,
+                   buckets, unproven) -> None:
     queries = read_queries(queries_path)
     matched, selected = dict(matched), dict(selected)
     lines = ["query_id\tquery\tmatched\tselected"]
@@ -83,26 +97,49 @@ def _write_details(_, queries_path: str, out: str, cap: int, matched, selected, 
         lines.append(f"{qid}\t{queries[qid]}\t{matched.get(qid, 0)}\t{selected.get(qid, 0)}")
     fileio.write_bytes(fileio.join(out, QUERY_COUNTS), ("\n".join(lines) + "\n").encode())
     details = {
-        "shards": shards,
+        "shards": -(-write_index(out, buckets) // shard_size),
         "queries_in_list": sum(1 for q in queries if q),
         "per_query_before_balancing": distribution(matched, queries, None),
         "per_query_after_balancing": distribution(selected, queries, cap),
         "rejected_examples": [str(r) for r in rejects],
+        "unproven_queries": sorted(unproven),
     }
     fileio.write_bytes(_details_path(out), json.dumps(details).encode())
 
 
-def write_stats(out: str, stages: Mapping[str, int], cap: int, seed: int) -> dict:
-    """stats.json from the stage counts and the details the pipeline left; returns what it wrote."""
-    details = json.loads(fileio.read_bytes(_details_path(out)))
+def unproven_queries(out: str) -> list[int]:
+    """Queries whose bottom-k the plan just made could not prove (see `pipelines.balance.Balance`)."""
+    return json.loads(fileio.read_bytes(_details_path(out)))["unproven_queries"]
+
+
+def write_plan_marker(out: str, stages: Mapping[str, int], largest_keys: Mapping[str, dict]) -> dict:
+    """DIR/plan/_plan.json: the plan is complete; it holds what the plan's stages counted."""
+    plan = json.loads(fileio.read_bytes(_details_path(out)))
+    del plan["unproven_queries"]
+    plan.update(stages=dict(stages), largest_keys=dict(largest_keys))
+    fileio.write_bytes(plan_marker(out), json.dumps(plan, indent=1, ensure_ascii=False).encode() + b"\n")
+    fileio.delete_if_exists(_details_path(out))
+    return plan
+
+
+def read_plan_marker(out: str) -> Optional[dict]:
+    path = plan_marker(out)
+    return json.loads(fileio.read_bytes(path)) if fileio.exists(path) else None
+
+
+def write_stats(out: str, plan: Mapping, stages: Mapping[str, int], largest_keys: Mapping[str, dict], cap: int,
+                seed: int) -> dict:
+    """stats.json: the plan's counts and details with the download's counts (`stages`, `largest_keys`) added."""
+    counts = {name: plan["stages"].get(name, 0) + stages.get(name, 0) for name in NAMES}
+    keys = {**plan["largest_keys"], **largest_keys}
     stats = {
-        "stages": dict(stages),
-        "shards": details.pop("shards"),
-        "samples_in_tars": stages.get(Status.SUCCESS.value, 0),
+        "stages": counts,
+        "shards": plan["shards"],
+        "samples_in_tars": counts.get(Status.SUCCESS.value, 0),
         "per_query_cap": cap,
         "seed": seed,
-        **details,
+        "largest_keys": {g: keys[g] for g in GROUPING_NAMES if g in keys},
+        **{k: v for k, v in plan.items() if k not in ("stages", "largest_keys", "shards")},
     }
     fileio.write_bytes(fileio.join(out, STATS), json.dumps(stats, indent=1, ensure_ascii=False).encode() + b"\n")
-    fileio.delete_if_exists(_details_path(out))
     return stats

@@ -15,7 +15,7 @@ from typing import Iterable, Mapping
 import apache_beam as beam
 
 from pipelines.imagededup import Verdict
-from pipelines.stages import counter
+from pipelines.stages import counter, key_sizes
 from wit import fileio, shardformat
 from wit.shardformat import STATUSES, Sample
 
@@ -26,7 +26,8 @@ def apply_verdicts(samples: Iterable[Sample], verdicts: Mapping[str, Verdict]) -
     for s in samples:
         v = verdicts.get(s.uid)
         if v is not None:
-            s = replace(s, status=v.status, error_kind=v.kind, error_message=v.message, jpg=None)
+            s = replace(s, status=v.status, error_kind=v.kind, error_message=v.message, duplicate_of=v.duplicate_of,
+                        jpg=None)
         out.append(s)
     return out
 
@@ -47,6 +48,12 @@ class WriteShards(beam.PTransform):
         )
 
 
+def _verdicts_of(joined) -> list[Verdict]:
+    verdicts = list(joined["verdicts"])
+    key_sizes("shard_verdicts").update(len(verdicts))
+    return verdicts
+
+
 class WriteShard(beam.DoFn):
     """(shard, {"shard": ..., "verdicts": [...]}) in; the shard written unless it was finished before."""
 
@@ -61,7 +68,8 @@ class WriteShard(beam.DoFn):
         if shard in self.finished:
             stats = json.loads(fileio.read_bytes(p["stats"]))
         else:
-            samples = apply_verdicts(shardformat.read_samples(p["staging"]), {v.uid: v for v in joined["verdicts"]})
+            verdicts = {v.uid: v for v in _verdicts_of(joined)}
+            samples = apply_verdicts(shardformat.read_samples(p["staging"]), verdicts)
             stats = shardformat.write_shard(self.out, shard, samples)
             fileio.delete_if_exists(p["staging"])
         for status, c in self.statuses.items():

@@ -1,7 +1,9 @@
 """The ordered registry of what the job counts: one line per count, in the order pairs flow.
 
 Each stage reports its own counts as Beam counters (`counter(name)`), as
-TFDS's C4 filters do; nothing is derived by subtraction. The run stats, `wit
+TFDS's C4 filters do; nothing is derived by subtraction. Every grouping or
+combining step also reports how many elements each of its keys received
+(`key_sizes(name)`, a Beam distribution), so hot keys show up on any data. The run stats, `wit
 build`'s summary, `wit report` and the HTML report all render from this one
 list. A `POOL` is how many pairs are left at that point; the `DROP`s listed
 after it are what the stages in between removed, so each pool equals the one
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 from typing import Iterable, Mapping
 
 from apache_beam.metrics import Metrics
@@ -59,10 +62,32 @@ REGISTRY: tuple[Count, ...] = (
     Count("shards", Status.NEAR_DUPLICATE.value, "near-duplicate images", DROP),
     Count("shards", Status.SUCCESS.value, "samples in the shards", POOL),
     Count("download", "downloaded_this_run", "downloaded in this run", INFO),
+    Count("grouping", "hot_keys", "keys over --max-group-size, resolved without grouping", INFO, optional=True),
 )
 NAMES = tuple(c.name for c in REGISTRY)
 assert len(set(NAMES)) == len(NAMES), "a count is registered twice"
 assert set(s.value for s in Status if s is not Status.PENDING) <= set(NAMES), "a status has no count"
+
+
+@dataclass(frozen=True)
+class Grouping:
+    name: str  # Beam distribution name and stats.json key
+    label: str
+
+
+GROUPINGS: tuple[Grouping, ...] = (
+    Grouping("url", "pairs of one url, combined"),
+    Grouping("url_partition", "partial results in one url partition, grouped"),
+    Grouping("caption_band", "captions in one MinHash band, grouped"),
+    Grouping("caption_drops", "drops of one caption (one per band), combined"),
+    Grouping("query_topk", "pairs reaching one query's bottom-k, combined"),
+    Grouping("order_bucket", "selected pairs in one ordering bucket, grouped"),
+    Grouping("shard", "samples of one shard, grouped"),
+    Grouping("sha256", "images with one sha256, grouped"),
+    Grouping("phash_band", "images in one pHash band, grouped"),
+    Grouping("shard_verdicts", "dedup verdicts of one shard, grouped"),
+)
+GROUPING_NAMES = tuple(g.name for g in GROUPINGS)
 
 
 def counter(name: str):
@@ -72,17 +97,39 @@ def counter(name: str):
     return Metrics.counter(NAMESPACE, name)
 
 
-def from_metrics(result) -> dict[str, int]:
-    """Every registered count of a finished run, in registry order, summed over the steps reporting it.
+@lru_cache(maxsize=None)
+def key_sizes(name: str):
+    """The distribution of elements per key of a registered grouping step."""
+    if name not in GROUPING_NAMES:
+        raise KeyError(f"{name!r} is not in pipelines.stages.GROUPINGS")
+    return Metrics.distribution(NAMESPACE, f"keys.{name}")
 
-    Committed values where the runner has them (they count a retried bundle once), else attempted ones.
-    """
+
+def _value(result):
+    """Committed values where the runner has them (they count a retried bundle once), else attempted ones."""
+    return result.committed if result.committed is not None else result.attempted
+
+
+def from_metrics(result) -> dict[str, int]:
+    """Every registered count of a finished run, in registry order, summed over the steps reporting it."""
     totals = dict.fromkeys(NAMES, 0)
     for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
         if c.key.metric.name in totals:
-            value = c.committed if c.committed is not None else c.attempted
-            totals[c.key.metric.name] += value or 0
+            totals[c.key.metric.name] += _value(c) or 0
     return totals
+
+
+def key_sizes_from_metrics(result) -> dict[str, dict]:
+    """Per grouping step that ran: how many keys, the largest key's elements, the mean."""
+    merged: dict[str, list[int]] = {}  # name -> [count, sum, max]
+    for d in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["distributions"]:
+        name = d.key.metric.name.removeprefix("keys.")
+        value = _value(d)
+        if name in GROUPING_NAMES and value is not None and value.count:
+            m = merged.setdefault(name, [0, 0, 0])
+            m[0], m[1], m[2] = m[0] + value.count, m[1] + value.sum, max(m[2], value.max)
+    return {g: {"keys": merged[g][0], "largest": merged[g][2], "mean": round(merged[g][1] / merged[g][0], 2)}
+            for g in GROUPING_NAMES if g in merged}
 
 
 def unbalanced(stages: Mapping[str, int]) -> list[str]:

@@ -10,8 +10,11 @@ threshold is dropped. The lowest-priority caption of any similar group is
 never dropped, so no group disappears entirely.
 
 `CaptionDedup` is the job's optional stage (`--caption-dup-threshold`), between
-URL dedup and balancing; its drops are listed in DIR/caption_near_duplicates.tsv
-and counted as `caption_near_duplicates`.
+URL dedup and balancing; its drops are listed in DIR/caption_near_duplicates-*.tsv,
+written by shards as they come, and counted as `caption_near_duplicates`. A
+band shared by very many captions (one spam text on thousands of pages) is
+never gathered on one worker: its keeper reaches its members as a side input
+(`pipelines.grouping.KeeperPerKey`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import apache_beam as beam
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
+from pipelines.grouping import MAX_GROUP, KeeperPerKey, Smallest
 from pipelines.stages import counter
 from wit import fileio
 from wit.text import match_form
@@ -87,26 +91,27 @@ def similarity(a: CaptionSketch, b: CaptionSketch) -> float:
 
 
 def drops_in_bucket(members: Iterable[CaptionSketch], threshold: float) -> list[Dropped]:
-    members = sorted(members, key=lambda s: (s.priority, s.uid))
-    keeper = members[0]
-    out = []
-    for other in members[1:]:
-        sim = similarity(keeper, other)
-        if sim >= threshold:
-            out.append(Dropped(other.uid, other.caption, keeper.uid, keeper.caption, sim))
-    return out
+    """One bucket in memory: the stage's rule (`_drop` against the lowest priority) for tests and small data."""
+    members = list(members)
+    keeper = min(members, key=_priority)
+    return [d for m in members for d in _drop(m, keeper, threshold)]
 
 
-CAPTION_REPORT = "caption_near_duplicates.tsv"
+CAPTION_REPORT = "caption_near_duplicates"  # DIR/caption_near_duplicates-SSSSS-of-NNNNN.tsv
+CAPTION_REPORT_HEADER = "uid\tcaption\tkept_uid\tkept_caption\tsimilarity"
+
+
+def _priority(s: CaptionSketch) -> tuple[bytes, str]:
+    return s.priority, s.uid
 
 
 class CaptionDedup(beam.PTransform):
     """(uid, Pair) in; the same out, minus pairs whose caption nearly repeats a kept one's. Off (the input
-    passes through) at threshold 0; the drops go to DIR/caption_near_duplicates.tsv."""
+    passes through) at threshold 0; the drops are written to DIR/caption_near_duplicates-*.tsv."""
 
-    def __init__(self, threshold: float, seed: int, out: str):
+    def __init__(self, threshold: float, seed: int, out: str, max_group: int = MAX_GROUP):
         super().__init__()
-        self.threshold, self.seed, self.out = threshold, seed, out
+        self.threshold, self.seed, self.out, self.max_group = threshold, seed, out, max_group
 
     def expand(self, pairs):
         if self.threshold <= 0:
@@ -114,21 +119,34 @@ class CaptionDedup(beam.PTransform):
         t, seed = self.threshold, self.seed
         dropped = (
             pairs
-            | "Sketch" >> beam.Map(lambda kv: sketch(kv[0], kv[1].caption, seed))
+            | "Sketch" >> beam.Map(lambda kv: sketch(kv[0], kv[1][0], seed))  # a pair's caption
             | "CaptionBands" >> beam.FlatMap(lambda s: [(k, s) for k in band_keys(s, t)])
-            | "GroupCaptionBand" >> beam.GroupByKey()
-            | "DropsInBucket" >> beam.FlatMap(lambda kv: drops_in_bucket(kv[1], t))
+            | "KeeperPerBand" >> KeeperPerKey("caption_band", _priority, self.max_group)
+            | "DropNearKeeper" >> beam.FlatMap(lambda item: _drop(item[1], item[2], t))
             | "DropByUid" >> beam.Map(lambda d: (d.uid, d))
-            | "OneDropPerUid" >> beam.CombinePerKey(lambda ds: min(ds, key=lambda d: (-d.similarity, d.kept_uid)))
+            | "OneDropPerUid" >> beam.CombinePerKey(Smallest(_strongest, "caption_drops"))
+            | "DropOnly" >> beam.Map(lambda kv: (kv[0], kv[1][0]))
         )
         _ = (dropped
-             | "DroppedList" >> beam.combiners.ToList()
-             | "CaptionReport" >> beam.Map(_write_caption_report, self.out))
+             | "ReportLine" >> beam.Map(lambda kv: _report_line(kv[1]))
+             | "CaptionReport" >> beam.io.WriteToText(fileio.join(self.out, CAPTION_REPORT), file_name_suffix=".tsv",
+                                                      header=CAPTION_REPORT_HEADER))
         return (
             {"pair": pairs, "dropped": dropped}
             | "JoinCaptionDrops" >> beam.CoGroupByKey()
             | "KeepUndropped" >> beam.ParDo(_KeepUndropped())
         )
+
+
+def _drop(member: CaptionSketch, keeper: CaptionSketch, threshold: float) -> list[Dropped]:
+    if member.uid == keeper.uid:
+        return []
+    sim = similarity(keeper, member)
+    return [Dropped(member.uid, member.caption, keeper.uid, keeper.caption, sim)] if sim >= threshold else []
+
+
+def _strongest(d: Dropped) -> tuple[float, str]:
+    return -d.similarity, d.kept_uid
 
 
 class _KeepUndropped(beam.DoFn):
@@ -143,12 +161,8 @@ class _KeepUndropped(beam.DoFn):
             yield uid, pair
 
 
-def _write_caption_report(dropped: list, out: str) -> None:
-    lines = ["uid\tcaption\tkept_uid\tkept_caption\tsimilarity"]
-    for _uid, d in sorted(dropped):
-        lines.append("\t".join([d.uid, _one_line(d.caption), d.kept_uid, _one_line(d.kept_caption),
-                                f"{d.similarity:.3f}"]))
-    fileio.write_bytes(fileio.join(out, CAPTION_REPORT), ("\n".join(lines) + "\n").encode())
+def _report_line(d: Dropped) -> str:
+    return "\t".join([d.uid, _one_line(d.caption), d.kept_uid, _one_line(d.kept_caption), f"{d.similarity:.3f}"])
 
 
 def _one_line(text: str) -> str:

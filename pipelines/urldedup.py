@@ -5,25 +5,43 @@ seed: it orders the shards and ties the output back to the input. Among the
 captions of one URL, the kept one matches the most queries (then the smallest
 text), so a URL keeps its most useful caption. Repeated (url, caption) pairs
 are counted apart from other captions of the same URL.
+
+One combine does it (`choose_pair` is the same rule in memory), so a
+placeholder URL repeated millions of times costs no worker more than an
+accumulator per bundle: the best pair so far, how many pairs, and the distinct captions
+seen, up to `MAX_CAPTIONS`. Repeats are told from other captions exactly up to
+that many distinct captions per URL; past it, further captions count as other
+captions.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+import zlib
 from typing import Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import apache_beam as beam
 
+from pipelines.grouping import CombineInPartitions
 from pipelines.match import Pair
-from pipelines.stages import counter
+from pipelines.stages import counter, key_sizes
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+# A URL already in canonical form: lowercase scheme and host, no port, user, query or fragment. Most are, and
+# taking them as they are saves the parse (3 us a URL).
+_CANONICAL = re.compile(r"https?://[a-z0-9.-]*[a-z0-9-](/[^?#\s]*)?")
 
 
 def normalize_url(url: str) -> str:
     """Canonical URL for exact dedup: scheme/host lowercased, default port,
     fragment and empty query dropped, query parameters sorted."""
+    m = _CANONICAL.fullmatch(url)
+    if m:
+        return url if m.group(1) else url + "/"
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").rstrip(".")
@@ -61,25 +79,91 @@ def choose_pair(choices: Iterable[Pair]) -> tuple[Pair, int, int]:
     return best, count - len(by_caption), len(by_caption) - 1
 
 
+MAX_CAPTIONS = 10_000  # distinct captions of one URL remembered to tell repeats from other captions
+
+
+def _most_useful(p: tuple) -> tuple:
+    caption, url, matched = p
+    return -len(matched), caption, url
+
+
+class OnePerUrl(beam.CombineFn):
+    """(best pair, pairs, distinct captions up to MAX_CAPTIONS, captions past them) of one URL; pairs as the
+    plain tuples Beam carries. The caption set is None while the URL has one pair (most URLs): the set would
+    only repeat the best pair's caption, and cross the shuffle."""
+
+    def create_accumulator(self):
+        return None, 0, None, 0
+
+    def add_input(self, acc, pair: tuple):
+        best, n, captions, more = acc
+        if best is None:
+            return pair, 1, None, 0
+        if captions is None:
+            captions = {best[0]}
+        if _most_useful(pair) < _most_useful(best):
+            best = pair
+        if pair[0] not in captions:
+            if len(captions) < MAX_CAPTIONS:
+                captions.add(pair[0])
+            else:
+                more += 1
+        return best, n + 1, captions, more
+
+    def merge_accumulators(self, accumulators):
+        best, n, captions, more = None, 0, set(), 0
+        for b, m, c, o in accumulators:
+            if b is None:
+                continue
+            if best is None or _most_useful(b) < _most_useful(best):
+                best = b
+            n, more = n + m, more + o
+            for caption in ((b[0],) if c is None else c):
+                if caption in captions:
+                    continue
+                if len(captions) < MAX_CAPTIONS:
+                    captions.add(caption)
+                else:
+                    more += 1
+        return best, n, captions, more
+
+    def extract_output(self, acc):
+        best, n, captions, more = acc
+        key_sizes("url").update(n)
+        return best, n, (1 if captions is None else len(captions)) + more
+
+
+PARTITION_BYTES = 1_000_000  # candidate input per URL partition: a few thousand pairs each, at any size
+
+
+def partitions_for(input_bytes: int) -> int:
+    return max(1, input_bytes // PARTITION_BYTES)
+
+
 class DedupUrls(beam.PTransform):
-    """Pairs in; (uid, Pair) out, one per normalised URL."""
+    """Pairs in; (uid, Pair) out, one per normalised URL. URLs are spread over `partitions` by their uid, so
+    that the shuffle moves lists (`pipelines.grouping.CombineInPartitions`)."""
+
+    def __init__(self, partitions: int):
+        super().__init__()
+        self.partitions = partitions
 
     def expand(self, pairs):
+        n = self.partitions
         return (
             pairs
-            | "ByUrl" >> beam.Map(lambda p: (normalize_url(p.url), p))
-            | "GroupUrl" >> beam.GroupByKey()
-            | "ChoosePerUrl" >> beam.ParDo(_ChoosePerUrl())
+            | "OnePerUrl" >> CombineInPartitions(OnePerUrl(), lambda p: normalize_url(p[1]),
+                                                 lambda url: zlib.crc32(url.encode()) * n >> 32, "url_partition")
+            | "CountDuplicates" >> beam.ParDo(_CountDuplicates())
         )
 
 
-class _ChoosePerUrl(beam.DoFn):
+class _CountDuplicates(beam.DoFn):
     kept, repeats, others = counter("unique_pairs"), counter("duplicate_pairs"), counter("duplicate_urls")
 
     def process(self, item):
-        norm_url, choices = item
-        best, repeats, other_captions = choose_pair(choices)
+        norm_url, (best, n, captions) = item
         self.kept.inc()
-        self.repeats.inc(repeats)
-        self.others.inc(other_captions)
-        yield uid_for(norm_url), best
+        self.repeats.inc(n - captions)
+        self.others.inc(captions - 1)
+        yield uid_for(norm_url), best  # a plain tuple, as Beam carries a Pair

@@ -19,12 +19,12 @@ from typing import Sequence
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from queries import ngrams, pageviews
 from queries.errors import QueryInputError
 from queries.wikipedia import read_dump
 from wit import fileio
+from wit.runner import pipeline_options
 
 
 def count_dump(path: str):
@@ -63,7 +63,7 @@ def run_count(work: str, dumps: Sequence[str] = (), views: Sequence[str] = (), m
               min_views: int = 1, beam_args: Sequence[str] = ()) -> None:
     dump_files = match_all(dumps, "Wikipedia dump") if dumps else []
     view_files = match_all(views, "pageview") if views else []
-    with beam.Pipeline(options=PipelineOptions(list(beam_args))) as p:
+    with beam.Pipeline(options=pipeline_options(beam_args)) as p:
         if dump_files:
             counted = (p | "Dumps" >> beam.Create(dump_files) | "SpreadDumps" >> beam.Reshuffle()
                        | "Count" >> beam.FlatMap(count_dump).with_outputs("totals", main="grams"))

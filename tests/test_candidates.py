@@ -79,12 +79,63 @@ def test_the_read_stage_splits_candidates_from_rejects_and_counts_both(tmp_path)
 
     (tmp_path / "a.jsonl").write_text('{"url": "http://x/1.jpg", "caption": "one"}\nnot json\n')
     (tmp_path / "b.csv").write_text("url,caption\nhttp://x/2.jpg,two\nftp://x/3.jpg,three\n")
+    files = [(str(tmp_path / name), (tmp_path / name).stat().st_size) for name in ("b.csv", "a.jsonl")]
     p = beam.Pipeline("DirectRunner")
-    good, bad = p | ReadCandidates([str(tmp_path / "b.csv"), str(tmp_path / "a.jsonl")], "auto", "url", "caption")
-    assert_that(good | beam.Map(lambda c: c.caption), equal_to(["one", "two"]), label="Good")
+    good, bad = p | ReadCandidates(files, "auto", "url", "caption")
+    assert_that(good | beam.FlatMap(lambda batch: [c.caption for c in batch]), equal_to(["one", "two"]),
+                label="Good")
     assert_that(bad | beam.Map(lambda r: (r.source.rsplit("/", 1)[-1], r.row)), equal_to([("a.jsonl", 1),
                                                                                          ("b.csv", 1)]), label="Bad")
     result = p.run()
     result.wait_until_finish()
     counts = stages.from_metrics(result)
     assert (counts["candidates"], counts["rejected_rows"]) == (4, 2)
+
+
+def _big_inputs(tmp_path, n=500):
+    rows = [{"url": f"http://x.example/{i}.jpg", "caption": f"caption number {i} " + "word " * (i % 7)}
+            for i in range(n)]
+    lines = [json.dumps(r) for r in rows]
+    lines[37], lines[212] = "{broken", ""  # a bad row and a blank line keep their numbers
+    (tmp_path / "big.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "big.tsv").write_text("caption\turl\n" + "".join(
+        f"{r['caption']}\t{r['url']}\n" if i != 99 else "only one field\n" for i, r in enumerate(rows)))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "big.parquet", row_group_size=64)
+    return rows
+
+
+@pytest.mark.parametrize("name", ["big.jsonl", "big.tsv", "big.parquet"])
+def test_a_file_read_in_parts_gives_every_row_once_with_its_number(tmp_path, name):
+    from pipelines.candidates import split_file
+
+    _big_inputs(tmp_path)
+    path = str(tmp_path / name)
+    whole = list(read_path(path, split_bytes=1 << 30))
+    parts = split_file(path, (tmp_path / name).stat().st_size, split_bytes=1000)
+    assert len(parts) > 5  # row groups of 64 rows; 1,000-byte ranges
+    assert list(read_path(path, split_bytes=1000)) == whole
+    good, bad = _split(whole)
+    assert len(good) + len(bad) == (499 if name == "big.jsonl" else 500)
+    assert [c.row for c in good] == sorted(c.row for c in good)
+    if name == "big.jsonl":
+        assert [(r.row, r.reason[:12]) for r in bad] == [(37, "invalid JSON")] and 212 not in {c.row for c in good}
+        assert good[-1].row == 499 and good[-1].url == "http://x.example/499.jpg"
+    if name == "big.tsv":
+        assert [(r.row, r.reason) for r in bad] == [(99, "1 fields, header has 2")]
+
+
+def test_the_read_stage_reads_large_files_in_parts(tmp_path):
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipelines.candidates import ReadCandidates
+
+    rows = _big_inputs(tmp_path)
+    files = [(str(tmp_path / n), (tmp_path / n).stat().st_size) for n in ("big.jsonl", "big.tsv", "big.parquet")]
+    expected = [r["url"] for i, r in enumerate(rows) if i not in (37, 212)] + \
+        [r["url"] for i, r in enumerate(rows) if i != 99] + [r["url"] for r in rows]
+    with beam.Pipeline("DirectRunner") as p:
+        good, bad = p | ReadCandidates(files, "auto", "url", "caption", split_bytes=1000)
+        assert_that(good | beam.FlatMap(lambda batch: [c.url for c in batch]), equal_to(expected), label="Good")
+        assert_that(bad | beam.Map(lambda r: (r.source.rsplit("/", 1)[-1], r.row)),
+                    equal_to([("big.jsonl", 37), ("big.tsv", 99)]), label="Bad")

@@ -18,8 +18,8 @@ def test_words_are_counted_as_the_matcher_sees_them():
 def test_the_stage_drops_and_counts_short_captions():
     cands = [Candidate(f"http://x/{i}", c, "f", i) for i, c in enumerate(["a red circle", "red", "a big blue one"])]
     p = beam.Pipeline("DirectRunner")
-    kept = p | beam.Create(cands) | FilterCaptions(3)
-    assert_that(kept | beam.Map(lambda c: c.row), equal_to([0, 2]))
+    kept = p | beam.Create([cands]) | FilterCaptions(3)
+    assert_that(kept | beam.FlatMap(lambda batch: [c.row for c in batch]), equal_to([0, 2]))
     result = p.run()
     result.wait_until_finish()
     assert stages.from_metrics(result)["short_captions"] == 1

@@ -1,6 +1,7 @@
 import random
 
 import apache_beam as beam
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -42,20 +43,32 @@ def test_near_duplicates_match_brute_force():
             assert info.uid not in got
 
 
-def test_beam_image_dedup_matches_reference():
-    infos = _infos()
+def _reference_verdicts(infos, threshold=4):
     by_sha: dict[str, list[ImageInfo]] = {}
     for i in infos:
         by_sha.setdefault(i.sha256, []).append(i)
-    expected = []
-    kept = []
+    expected, kept = [], []
     for group in by_sha.values():
         best = best_of(group)
         kept.append(best)
-        expected += [(i.shard, Verdict(i.uid, Status.DUPLICATE, ErrorKind.DUPLICATE, f"duplicate of {best.key}"))
-                     for i in group if i is not best]
-    expected += [(next(i.shard for i in infos if i.uid == uid),
-                  Verdict(uid, Status.NEAR_DUPLICATE, ErrorKind.NEAR_DUPLICATE, f"near duplicate of {b.key}"))
-                 for uid, b in near_duplicates(kept, 4).items()]
+        expected += [(i.shard, Verdict(i.uid, Status.DUPLICATE, ErrorKind.DUPLICATE, "the same bytes as a kept image",
+                                       best.key)) for i in group if i is not best]
+    by_uid = {i.uid: i for i in infos}
+    expected += [(by_uid[uid].shard, Verdict(uid, Status.NEAR_DUPLICATE, ErrorKind.NEAR_DUPLICATE,
+                                             f"pHash {hamming(by_uid[uid].phash, b.phash)} bits from a kept image",
+                                             b.key))
+                 for uid, b in near_duplicates(kept, threshold).items()]
+    return expected
+
+
+@pytest.mark.parametrize("max_group", [10_000, 2])
+def test_beam_image_dedup_matches_reference(max_group):
+    """With max_group 2, every sha256 shared by three or more images is resolved without grouping."""
+    infos = _infos()
     with TestPipeline() as p:
-        assert_that(p | beam.Create(infos) | ImageDedup(4), equal_to(expected))
+        assert_that(p | beam.Create(infos) | ImageDedup(4, max_group), equal_to(_reference_verdicts(infos)))
+
+
+def test_messages_carry_no_sample_keys():
+    messages = {v.message for _, v in _reference_verdicts(_infos(n=400))}
+    assert len(messages) <= 1 + 5  # same bytes, or one of the distances 0..4

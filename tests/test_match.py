@@ -135,10 +135,20 @@ def test_the_match_stage_keeps_matching_candidates_as_pairs_and_counts(tmp_path)
     (tmp_path / "q.txt").write_text("red\nred circle\nblue\n")
     captions = ["A red circle", "green", "blue sky", "nothing"]
     p = beam.Pipeline("DirectRunner")
-    pairs = (p | beam.Create([Candidate(f"http://x/{i}", c, "f", i) for i, c in enumerate(captions)])
+    pairs = (p | beam.Create([[Candidate(f"http://x/{i}", c, "f", i) for i, c in enumerate(captions)]])
              | MatchQueries(str(tmp_path / "q.txt")))
     assert_that(pairs, equal_to([Pair("A red circle", "http://x/0", (0, 1)), Pair("blue sky", "http://x/2", (2,))]))
     result = p.run()
     result.wait_until_finish()
     counts = stages.from_metrics(result)
     assert (counts["matched"], counts["unmatched"]) == (2, 2)
+
+
+def test_a_worker_sees_a_changed_query_file_at_the_same_path(tmp_path):
+    from pipelines.match import matcher_for
+
+    path = tmp_path / "q.txt"
+    path.write_text("red\n")
+    assert matcher_for(str(path)).match("a red circle") == (0,)
+    path.write_text("blue\nred circle\n")  # the next job, same path, other queries
+    assert matcher_for(str(path)).match("a red circle") == (1,)

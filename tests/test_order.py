@@ -1,16 +1,35 @@
+import pytest
+
 from pipelines.match import Pair
-from pipelines.order import assign_keys, bucket_of, bucket_offsets
+from pipelines.order import (BUCKET_BYTES, bucket_of, bucket_offsets, buckets_for, ranked, read_index, read_shard,
+                             write_bucket, write_index)
 from wit.shardformat import Status
 
 
-def test_keys_are_the_uid_order_cut_into_shards():
-    uids = sorted(f"{i:04x}{i * 7919 % 65536:012x}" for i in range(0, 65536, 997))
+def _members(n=200):
+    uids = sorted(f"{i * 2654435761 % 2**64:016x}" for i in range(1, n + 1))
+    return [(uid, Pair(f"caption {uid}", f"http://x/{uid}", (1, 2)), (2,)) for uid in uids]
+
+
+@pytest.mark.parametrize("buckets", [1, 7, 300])
+def test_the_plan_is_the_uid_order_cut_into_shards_whatever_the_buckets(tmp_path, buckets):
+    members = _members()
     by_bucket: dict[int, list] = {}
-    for uid in uids:
-        by_bucket.setdefault(bucket_of(uid), []).append((uid, (Pair("c", f"http://x/{uid}", (1,)), (1,))))
-    offsets = bucket_offsets({b: len(m) for b, m in by_bucket.items()})
-    got = [s for item in reversed(list(by_bucket.items())) for s in assign_keys(item, offsets, shard_size=10)]
-    ordered = sorted(got, key=lambda kv: kv[1].key)
-    assert [s.uid for _, s in ordered] == uids  # the global order is the uid order, whatever the bucket order
-    assert [shard for shard, _ in ordered] == [i // 10 for i in range(len(uids))]
-    assert ordered[13][1].key == "000013" and all(s.status is Status.PENDING for _, s in got)
+    for m in reversed(members):
+        by_bucket.setdefault(bucket_of(m[0], buckets), []).append(m)
+    offsets = bucket_offsets({b: len(ms) for b, ms in by_bucket.items()})
+    for b, ms in by_bucket.items():
+        write_bucket(str(tmp_path), b, offsets[b], ranked(ms), shard_size=10)
+    total = write_index(str(tmp_path), [(b, offsets[b], len(ms)) for b, ms in by_bucket.items()])
+    index = read_index(str(tmp_path))
+    shards = [read_shard(str(tmp_path), s, 10, index) for s in range(-(-total // 10))]
+    assert [s.uid for shard in shards for s in shard] == [m[0] for m in members]  # the uid order
+    assert [len(shard) for shard in shards] == [10] * 20
+    assert shards[1][3].key == "000013" and all(s.status is Status.PENDING for s in shards[0])
+    assert shards[0][0].matched_query_ids == (1, 2) and shards[0][0].selected_query_ids == (2,)
+
+
+def test_buckets_grow_with_the_input_so_each_stays_the_same_size():
+    assert buckets_for(0) == 1 and buckets_for(2 * BUCKET_BYTES - 1) == 1 and buckets_for(2 * BUCKET_BYTES) == 2
+    assert buckets_for(200 * 10**9) == 800_000  # 200 GB of candidates
+    assert bucket_of("0" * 16, 800_000) == 0 and bucket_of("f" * 16, 800_000) == 799_999

@@ -72,3 +72,12 @@ def test_staging_round_trip_keeps_images(tmp_path):
     assert back["000000"].jpg == b"\xff\xd8jpeg" and back["000000"].matched_query_ids == (0, 1)
     assert back["000001"].error_kind is ErrorKind.HTTP and back["000001"].status is Status.FAILED_TO_DOWNLOAD
     assert io.BytesIO(fileio.read_bytes(path)).read(4) == b"PAR1"
+
+
+def test_status_dict_lists_a_bounded_number_of_messages(tmp_path):
+    samples = [Sample(key=f"{i:06d}", uid=str(i), url=f"http://x/{i}", caption="c", status=Status.FAILED_TO_DOWNLOAD,
+                      error_message=f"odd failure {i % (shards.MAX_MESSAGES + 50)}", error_kind=ErrorKind.OTHER)
+               for i in range(2 * (shards.MAX_MESSAGES + 50))]
+    stats = shards.shard_stats(0, samples)
+    assert len(stats["status_dict"]) == shards.MAX_MESSAGES + 1
+    assert stats["status_dict"][shards.OTHER_MESSAGES] == 100 and sum(stats["status_dict"].values()) == len(samples)

@@ -18,3 +18,29 @@ def test_choose_pair_prefers_most_matches_then_smallest_caption():
         Pair("z caption", "http://x/1", (1, 2)),
     ])
     assert kept.caption == "z caption" and repeats == 1 and others == 2
+
+
+def test_the_combine_equals_choose_pair_however_the_pairs_are_split():
+    import random
+
+    from pipelines.urldedup import OnePerUrl
+
+    rng = random.Random(3)
+    fn = OnePerUrl()
+    for _ in range(200):
+        captions = [rng.randrange(4) for _ in range(rng.randrange(1, 9))]
+        pairs = [Pair(f"caption {c}", "http://x/1", tuple(range(1 + c % 3))) for c in captions]  # as matched
+        parts = [[]]
+        for p in pairs:  # the pairs cut into bundles at random, some empty
+            if rng.random() < 0.4:
+                parts.append([])
+            parts[-1].append(tuple(p))
+        accs = []
+        for part in parts:
+            acc = fn.create_accumulator()
+            for p in part:
+                acc = fn.add_input(acc, p)
+            accs.append(acc)
+        best, n, captions = fn.extract_output(fn.merge_accumulators(accs))
+        kept, repeats, others = choose_pair(pairs)
+        assert (Pair(*best), n, n - captions, captions - 1) == (kept, len(pairs), repeats, others)

@@ -71,7 +71,7 @@ def run_demo(opts: DemoOptions = DemoOptions(), beam_args: Sequence[str] = ()) -
             out=dataset, per_query_cap=opts.per_query_cap, shard_size=opts.shard_size, seed=seed, threads=32,
             fetch=FetchOptions(timeout=1.5, retries=1, retry_backoff=0.1, allow_private_networks=True),
         )
-        args = list(beam_args) or ["--runner=DirectRunner", "--direct_num_workers=2",
+        args = list(beam_args) or ["--runner=FnApiRunner", "--direct_num_workers=2",
                                    "--direct_running_mode=multi_threading"]
         print(f"running `wit build` with Beam ({' '.join(args)}) ...")
         stats = run_build(build, args)

@@ -41,10 +41,10 @@ def atomic_open(path: str) -> Iterator[BinaryIO]:
         stream.close()
     except BaseException:
         stream.close()
-        FileSystems.delete([tmp])
+        delete([tmp])
         raise
     if FileSystems.exists(path):
-        FileSystems.delete([path])
+        delete([path])
     FileSystems.rename([tmp], [path])
 
 
@@ -72,9 +72,19 @@ def iter_lines(stream: BinaryIO) -> Iterator[str]:
         yield line.decode("utf-8", errors="replace")
 
 
+def escape(path: str) -> str:
+    """`path` as a glob that matches itself only: a folder named "run[1]" is a path, not a pattern."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in path)
+
+
+def delete(paths: Sequence[str]) -> None:
+    """Beam's delete takes globs; these are paths."""
+    FileSystems.delete([escape(p) for p in paths])
+
+
 def delete_if_exists(path: str) -> None:
     if FileSystems.exists(path):
-        FileSystems.delete([path])
+        delete([path])
 
 
 def match_files(patterns: Sequence[str], what: str, error: type[Exception] = InputError) -> list[FileMetadata]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from wit import fileio
 from wit.errors import InputError
 from wit.options import Options, option
-from wit.report import stage_lines
+from wit.report import key_lines, stage_lines
 from wit.shardformat import STATUSES, iter_tar, read_parquet
 
 
@@ -159,6 +159,10 @@ def render(data: Dataset, top_queries: int = 8, per_query: int = 6) -> str:
         f"{sum(1 for q in data.queries if q[2]):,} of {data.stats.get('queries_in_list', 0):,} queries matched.</p>",
         "<h2>Pairs per stage</h2><pre>",
         esc("\n".join(stage_lines(data.stats.get("stages", {})))),
+        "</pre>",
+        "<h2>Largest key per grouping step</h2><p>Elements one key brought to one step: a hot query, URL, "
+        "caption or image shows here.</p><pre>",
+        esc("\n".join(key_lines(data.stats.get("largest_keys", {})))),
         "</pre>",
     ]
     parts += ["<h2>Per-query distribution</h2>",

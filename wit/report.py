@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.stages import DROP, INFO, shown
+from pipelines.stages import DROP, GROUPINGS, INFO, shown
 
 
 def _pairs(items: list) -> str:
@@ -19,6 +19,14 @@ def stage_lines(stages: dict) -> list[str]:
     return [f"  {label:<{width}}  {value:>11,}" for label, value in rows]
 
 
+def key_lines(largest: dict) -> list[str]:
+    """One line per grouping step that ran: its largest key, the mean, and how many keys."""
+    rows = [(g.label, largest[g.name]) for g in GROUPINGS if g.name in largest]
+    width = max((len(label) for label, _ in rows), default=0)
+    return [f"  {label:<{width}}  {k['largest']:>9,}  (mean {k['mean']:,.1f} over {k['keys']:,} keys)"
+            for label, k in rows]
+
+
 def summary(stats: dict, out: str) -> str:
     lines = ["pairs per stage:"] + stage_lines(stats["stages"])
     before, after = stats["per_query_before_balancing"], stats["per_query_after_balancing"]
@@ -30,6 +38,9 @@ def summary(stats: dict, out: str) -> str:
         lines.append(f"  after balancing:  max {after['max']:,}, median {after['median']:,}; "
                      f"head: {_pairs(after['head'][:5])}")
         lines.append(f"  tail: {_pairs(after['tail'][-5:])}")
+    if stats.get("largest_keys"):
+        lines.append("largest key per grouping step (elements):")
+        lines += key_lines(stats["largest_keys"])
     if stats.get("rejected_examples"):
         lines.append("rejected rows (first ones): " + "; ".join(stats["rejected_examples"][:3]))
     lines.append(f"{stats['shards']} shard(s) in {out}/shards (webdataset .tar + .parquet + _stats.json); "

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -84,6 +85,7 @@ class Sample:
     status: Status = Status.SUCCESS
     error_message: Optional[str] = None
     error_kind: Optional[ErrorKind] = None
+    duplicate_of: Optional[str] = None  # the key of the kept image a duplicate was dropped for
     width: Optional[int] = None
     height: Optional[int] = None
     original_width: Optional[int] = None
@@ -131,8 +133,23 @@ def paths(out_dir: str, shard: int) -> dict[str, str]:
             "staging": fileio.join(out_dir, "_staging", shard_name(shard) + ".parquet")}
 
 
+def index_digits(shard_size: int) -> int:
+    return len(str(max(shard_size - 1, 1)))
+
+
 def key_for(shard: int, index: int, shard_size: int) -> str:
-    return f"{shard:05d}{index:0{len(str(max(shard_size - 1, 1)))}d}"
+    """The shard number then the index in the shard, zero padded, as img2dataset's keys."""
+    return f"{shard:05d}{index:0{index_digits(shard_size)}d}"
+
+
+def keys_for(first: int, n: int, shard_size: int) -> pa.Array:
+    """`key_for` of the n samples numbered from `first` across shards, as one Arrow column."""
+    import pyarrow.compute as pc
+
+    shard, index = np.divmod(np.arange(first, first + n, dtype=np.int64), shard_size)
+    return pc.binary_join_element_wise(
+        pc.utf8_lpad(pc.cast(pa.array(shard), pa.string()), 5, "0"),
+        pc.utf8_lpad(pc.cast(pa.array(index), pa.string()), index_digits(shard_size), "0"), "")
 
 
 def to_table(samples: Sequence[Sample], schema: pa.Schema) -> pa.Table:
@@ -170,11 +187,19 @@ def read_samples(path: str) -> list[Sample]:
     return from_table(read_parquet(path))
 
 
+MAX_MESSAGES = 1_000  # distinct error messages a shard's status_dict lists; the rest are counted together
+OTHER_MESSAGES = "(other messages)"
+
+
 def shard_stats(shard: int, samples: Iterable[Sample]) -> dict:
     """img2dataset-style per-shard stats, plus a count for each of our statuses."""
     samples = list(samples)
     status = Counter(s.status for s in samples)
     errors = Counter(s.error_message for s in samples if s.error_message)
+    if len(errors) > MAX_MESSAGES:  # messages name no sample, but a shard of odd failures can still vary
+        kept = dict(errors.most_common(MAX_MESSAGES))
+        kept[OTHER_MESSAGES] = sum(errors.values()) - sum(kept.values())
+        errors = Counter(kept)
     stats = {"shard": shard_name(shard), "count": len(samples), "successes": status[Status.SUCCESS]}
     stats.update({s.value: status[s] for s in STATUSES if s is not Status.SUCCESS})
     stats["status_dict"] = dict(sorted(errors.items()))

@@ -16,8 +16,14 @@ _SPACE = re.compile(r"\s+")
 _NON_WORD = re.compile(r"[^\w]+|_+")
 
 
+# ASCII control characters that str.split() does not already take as spaces.
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b\x7f]")
+
+
 def clean_caption(text: str) -> str:
     """NFC, no control/zero-width characters, single spaces, stripped."""
+    if text.isascii():  # most captions: NFC is the identity, and split() knows the rest of the spaces
+        return " ".join(_ASCII_CONTROL.sub(" ", text).split())
     text = unicodedata.normalize("NFC", text)
     text = _CONTROL.sub(" ", text)
     return _SPACE.sub(" ", text).strip()

@@ -1,0 +1,316 @@
+"""Grouping with bounded work per key, whatever the data's hot keys, and with few Beam elements.
+
+At web scale one key can hold a large share of the pool: a query such as "the"
+matches most captions, one placeholder URL or image repeats millions of times,
+one caption is every spam page's alt text. Nothing here puts all of a key's
+elements on one worker:
+
+- `CountPerKey` counts in each bundle first, so what crosses the shuffle is one
+  partial count per key and bundle;
+- `CombineInPartitions` combines in each bundle first, then ships one list of
+  (key, accumulator) per partition and bundle;
+- `Smallest` is a combine whose accumulator is one value and a count;
+- `KeeperPerKey` pairs every element with its key's smallest element: keys
+  with at most `max_group` elements are grouped; larger ("hot") keys get
+  their smallest element from a combine, with Beam's hot-key fan-out, and it
+  reaches their elements as a side input, so they are never grouped.
+
+A Beam element costs more than the work most steps do on a value (about 35 us
+to shuffle one on the local runner, against a few us of work), so
+`Batches` and `ListsPerKey` move lists where one value per element would do,
+and lists cross a shuffle `pack`ed: Beam's generic coder walks a list item by
+item (1.1-1.8 us to encode and decode a pair, measured), pickle without its
+memo takes 1.1.
+Every grouping reports its elements per key to `pipelines.stages.key_sizes`.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections import Counter
+from typing import Any, Callable, Iterable, Optional
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from pipelines.stages import counter, key_sizes
+from wit.runner import relax_gc
+
+MAX_GROUP = 10_000  # elements one worker groups for one key; hot keys go around the grouping
+HOT_KEY_FANOUT = 16
+_FLUSH_KEYS = 100_000  # distinct keys a bundle's Counter holds before it hands its partial counts on
+
+
+class CountPerKey(beam.PTransform):
+    """Elements in; (key, how many elements name it) out, for every key `keys(element)` lists. Keys given
+    as a numpy array of small non-negative ints (query ids) are counted with numpy."""
+
+    def __init__(self, keys: Callable[[object], Iterable]):
+        super().__init__()
+        self.keys = keys
+
+    def expand(self, pcoll):
+        return (pcoll
+                | "CountInBundle" >> beam.ParDo(_CountInBundle(self.keys))
+                | "SumCounts" >> beam.CombinePerKey(sum).with_hot_key_fanout(HOT_KEY_FANOUT))
+
+
+class _CountInBundle(beam.DoFn):
+    def __init__(self, keys: Callable[[object], Iterable]):
+        self.keys = keys
+
+    def start_bundle(self):
+        self.counts: Counter = Counter()
+        self.array = np.zeros(0, np.int64)
+
+    def process(self, element):
+        keys = self.keys(element)
+        if isinstance(keys, np.ndarray):
+            more = np.bincount(keys, minlength=len(self.array))
+            more[:len(self.array)] += self.array
+            self.array = more
+        else:
+            self.counts.update(keys)
+            if len(self.counts) > _FLUSH_KEYS:
+                yield from self.counts.items()
+                self.counts = Counter()
+
+    def finish_bundle(self):
+        seen = np.flatnonzero(self.array)
+        for kv in zip(seen.tolist(), self.array[seen].tolist()):
+            yield WindowedValue(kv, GlobalWindow().max_timestamp(), [GlobalWindow()])
+        for kv in self.counts.items():
+            yield WindowedValue(kv, GlobalWindow().max_timestamp(), [GlobalWindow()])
+        self.start_bundle()
+
+
+def pack(values: list) -> bytes:
+    """A list as one opaque value for the shuffle (Beam's coder then copies bytes). Pickled without a memo
+    (what we ship holds no cycles): the memo is what makes pickling a large list slower than Beam's coder."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.fast = True
+    pickler.dump(values)
+    return buffer.getvalue()
+
+
+def unpack(blob: bytes) -> list:
+    return pickle.loads(blob)
+
+
+class Batches(beam.DoFn):
+    """Elements in; lists of up to `size` of them out, cut per bundle. Steps that handle many small elements
+    take them a list at a time: a Beam element costs more than the work on a caption or a pair. (Beam's
+    BatchElements does the same, at twice the cost per element: it times every batch.)"""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def start_bundle(self):
+        self.batch: list = []
+
+    def process(self, element):
+        self.batch.append(element)
+        if len(self.batch) >= self.size:
+            yield self.batch
+            self.batch = []
+
+    def finish_bundle(self):
+        if self.batch:
+            yield WindowedValue(self.batch, GlobalWindow().max_timestamp(), [GlobalWindow()])
+            self.batch = []
+
+
+class ListsPerKey(beam.DoFn):
+    """Lists of values in; (key, (n, n values `pack`ed)) out, one per key and bundle, `key(value)` naming a
+    value's key: a shuffle then moves lists, not values one by one (a Beam element costs more than a
+    value)."""
+
+    def __init__(self, key: Callable[[Any], Any]):
+        self.key = key
+
+    def start_bundle(self):
+        self.lists: dict = {}
+        self.held = 0
+
+    def process(self, values: list):
+        lists, key = self.lists, self.key
+        for value in values:
+            k = key(value)
+            found = lists.get(k)
+            if found is None:
+                lists[k] = [value]
+            else:
+                found.append(value)
+        self.held += len(values)
+        if self.held > _FLUSH_KEYS:
+            yield from self._packed()
+
+    def _packed(self):
+        lists = [(key, (len(values), pack(values))) for key, values in self.lists.items()]
+        self.start_bundle()
+        return lists
+
+    def finish_bundle(self):
+        for kv in self._packed():
+            yield WindowedValue(kv, GlobalWindow().max_timestamp(), [GlobalWindow()])
+
+
+class CombineInPartitions(beam.PTransform):
+    """Values in; (key, fn's output) out, as CombinePerKey(fn) gives for (key(value), value), but shipped in
+    lists.
+
+    Values are combined in each bundle first (as Beam's combiner lifting does); then each bundle sends one
+    list of (key, accumulator) per partition, `partition(key)` naming it, and each partition merges its
+    keys. A Beam element costs more than combining a value (35 us against 2 on the local runner), so when
+    most keys are unique, as URLs are, one element per partition and bundle instead of one per key is
+    most of the step's cost. A hot key sends one accumulator per bundle, as with CombinePerKey.
+    """
+
+    def __init__(self, fn: beam.CombineFn, key: Callable[[Any], Any], partition: Callable[[Any], int], step: str):
+        super().__init__()
+        self.fn, self.key, self.partition, self.step = fn, key, partition, step
+
+    def expand(self, kv):
+        return (kv
+                | "CombineInBundle" >> beam.ParDo(_CombineInBundle(self.fn, self.key, self.partition))
+                | "GroupPartition" >> beam.GroupByKey()
+                | "MergePartition" >> beam.ParDo(_MergePartition(self.fn, self.step)))
+
+
+class _CombineInBundle(beam.DoFn):
+    def __init__(self, fn: beam.CombineFn, key: Callable[[Any], Any], partition: Callable[[Any], int]):
+        self.fn, self.key, self.partition = fn, key, partition
+
+    def setup(self):
+        relax_gc()
+
+    def start_bundle(self):
+        self.accumulators: dict = {}
+
+    def process(self, value):
+        key = self.key(value)
+        acc = self.accumulators.get(key)
+        self.accumulators[key] = self.fn.add_input(self.fn.create_accumulator() if acc is None else acc, value)
+        if len(self.accumulators) > _FLUSH_KEYS:
+            yield from self._lists()
+
+    def _lists(self):
+        lists: dict[int, list] = {}
+        for key, acc in self.accumulators.items():
+            lists.setdefault(self.partition(key), []).append((key, acc))
+        self.accumulators = {}
+        return [(partition, pack(values)) for partition, values in lists.items()]
+
+    def finish_bundle(self):
+        for kv in self._lists():
+            yield WindowedValue(kv, GlobalWindow().max_timestamp(), [GlobalWindow()])
+
+
+class _MergePartition(beam.DoFn):
+    def __init__(self, fn: beam.CombineFn, step: str):
+        self.fn, self.step = fn, step
+
+    def process(self, item):
+        _partition, lists = item
+        merged: dict = {}
+        n = 0
+        for partial in lists:
+            for key, acc in unpack(partial):
+                n += 1
+                before = merged.get(key)
+                merged[key] = acc if before is None else self.fn.merge_accumulators([before, acc])
+        key_sizes(self.step).update(n)
+        for key, acc in merged.items():
+            yield key, self.fn.extract_output(acc)
+
+
+class Smallest(beam.CombineFn):
+    """The smallest value by `rank`, and how many values the key had (reported as its size under `step`,
+    unless `step` is None)."""
+
+    def __init__(self, rank: Callable, step: Optional[str]):
+        self.rank, self.step = rank, step
+
+    def create_accumulator(self):
+        return None, 0
+
+    def add_input(self, acc, value):
+        best, n = acc
+        return (value if best is None or self.rank(value) < self.rank(best) else best), n + 1
+
+    def merge_accumulators(self, accumulators):
+        best, n = None, 0
+        for b, m in accumulators:
+            if b is not None and (best is None or self.rank(b) < self.rank(best)):
+                best = b
+            n += m
+        return best, n
+
+    def extract_output(self, acc):
+        if self.step is not None:
+            key_sizes(self.step).update(acc[1])
+        return acc
+
+
+class KeeperPerKey(beam.PTransform):
+    """(key, value) in; (key, value, keeper) out for every value, the keeper being the key's smallest value by
+    `rank`. No worker groups more than `max_group` values of one key."""
+
+    def __init__(self, step: str, rank: Callable, max_group: int = MAX_GROUP):
+        super().__init__()
+        self.step, self.rank, self.max_group = step, rank, max_group
+
+    def expand(self, kv):
+        hot = (kv
+               | "Sizes" >> beam.combiners.Count.PerKey()
+               | "HotKeys" >> beam.Filter(lambda kn, m: kn[1] > m, self.max_group))
+        split = kv | "SplitHot" >> beam.ParDo(_SplitHot(), beam.pvalue.AsDict(hot)).with_outputs(_HOT, main="cold")
+        cold = (split.cold
+                | "Group" >> beam.GroupByKey()
+                | "KeeperOfGroup" >> beam.ParDo(_KeeperOfGroup(self.step, self.rank)))
+        keepers = (split[_HOT]
+                   | "HotKeeper" >> beam.CombinePerKey(Smallest(self.rank, None)).with_hot_key_fanout(HOT_KEY_FANOUT)
+                   | "KeeperOnly" >> beam.ParDo(_KeeperOnly()))
+        warm = split[_HOT] | "WithHotKeeper" >> beam.Map(lambda kv, k: (kv[0], kv[1], k[kv[0]]),
+                                                         beam.pvalue.AsDict(keepers))
+        return (cold, warm) | "AllKept" >> beam.Flatten()
+
+
+_HOT = "hot"
+
+
+@beam.typehints.with_output_types(tuple[Any, Any])
+class _SplitHot(beam.DoFn):
+    def process(self, kv, hot):
+        if kv[0] in hot:
+            yield beam.pvalue.TaggedOutput(_HOT, kv)
+        else:
+            yield kv
+
+
+class _KeeperOfGroup(beam.DoFn):
+    def __init__(self, step: str, rank: Callable):
+        self.step, self.rank = step, rank
+
+    def process(self, item):
+        key, values = item
+        values = list(values)
+        key_sizes(self.step).update(len(values))
+        keeper = min(values, key=self.rank)
+        for v in values:
+            yield key, v, keeper
+
+
+class _KeeperOnly(beam.DoFn):
+    """A hot key's keeper; hot keys are counted, their size is not a group's."""
+
+    hot_keys = counter("hot_keys")
+
+    def process(self, kv):
+        self.hot_keys.inc()
+        key, (keeper, _n) = kv
+        yield key, keeper
