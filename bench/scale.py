@@ -12,7 +12,9 @@ runner, and prints for each run:
   (user + system time of the `wit` process and all it waited for);
 - peak memory: the largest resident set of any one process of the run;
 - the largest key of every grouping step (from stats.json);
-- the projection to 1.6 billion candidates in vCPU-hours, with the arithmetic.
+- the projection to 1.6 billion candidates in vCPU-hours, with the arithmetic;
+- beside each size, the baseline: reading the pool and matching its captions alone (the stages every plan
+  starts with), in-process, and the whole plan's CPU as a multiple of it.
 
 Goals: the largest key of each step flat as the pool grows 10x (within 1.2x),
 and at most 60 us of CPU per candidate.
@@ -89,7 +91,32 @@ def run_plan(pool: str, queries: str, out: str, mode: str) -> dict:
     return {"stats": stats, "cpu": cpu, "wall": wall, "peak_mb": after.ru_maxrss / 1024}
 
 
+def read_and_match(pool: str, queries: str) -> None:
+    """The baseline, in a child process: read the pool and match its captions, the stages every plan starts
+    with, and nothing else."""
+    import apache_beam as beam
+
+    from pipelines.candidates import ReadCandidates
+    from pipelines.match import MatchQueries
+    from wit.runner import pipeline_options
+
+    p = beam.Pipeline(options=pipeline_options([]))
+    candidates, _rejects = p | ReadCandidates([(pool, os.path.getsize(pool))], "auto", "url", "caption")
+    _ = candidates | MatchQueries(queries) | beam.combiners.Count.Globally() | beam.Map(print)
+    p.run().wait_until_finish()
+
+
+def baseline(pool: str, queries: str) -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, __file__, "--read-and-match", pool, queries], check=True, capture_output=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--read-and-match"]:
+        read_and_match(*sys.argv[2:4])
+        return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="100000,1000000")
     p.add_argument("--modes", default="in_memory,multi_processing")
@@ -110,12 +137,16 @@ def main() -> int:
             t0 = time.perf_counter()
             write_pool(pool, n)
             print(f"wrote a pool of {n:,} candidates in {time.perf_counter() - t0:.0f}s", flush=True)
+        base = baseline(pool, queries)
+        print(f"\n{n:,} candidates, baseline (read and match only, in_memory): {base:.1f} CPU-s "
+              f"({1e6 * base / n:.1f} us/candidate)", flush=True)
         for mode in a.modes.split(","):
             out = os.path.join(work, f"out-{n}-{mode}")
             subprocess.run(["rm", "-rf", out], check=True)
             r = results[(n, mode)] = run_plan(pool, queries, out, mode)
             s = r["stats"]["stages"]
-            print(f"\n{n:,} candidates, {mode}: {r['cpu']:.1f} CPU-s ({1e6 * r['cpu'] / n:.1f} us/candidate), "
+            print(f"{n:,} candidates, {mode}: {r['cpu']:.1f} CPU-s ({1e6 * r['cpu'] / n:.1f} us/candidate, "
+                  f"{r['cpu'] / base:.2f}x the baseline), "
                   f"{r['wall']:.1f}s wall, peak {r['peak_mb']:,.0f} MB in one process; "
                   f"{s['matched']:,} matched, {s['unique_pairs']:,} unique, {s['selected']:,} selected", flush=True)
             for step, k in r["stats"]["largest_keys"].items():

@@ -31,7 +31,8 @@ from pipelines.captionfilter import FilterCaptions
 from pipelines.download import DownloadShards
 from pipelines.fetch import FetchOptions
 from pipelines.grouping import MAX_GROUP
-from pipelines.imagededup import ImageDedup
+from pipelines.evalsets import read_eval_sets
+from pipelines.imagededup import EvalImage, ImageDedup, sorted_refs
 from pipelines.match import MatchQueries, read_queries
 from pipelines.order import AssignShards, ReadPlan, buckets_for
 from pipelines.resize import ResizeOptions
@@ -65,6 +66,10 @@ class BuildOptions(Options):
                   "reaches this, e.g. 0.9; 0 keeps them; drops listed in DIR/caption_near_duplicates.tsv")
     near_dup_threshold: int = option(4, help="max Hamming distance of 64-bit pHashes counted as near duplicates; "
                                              "-1 turns image near-dup detection off")
+    exclude_near: tuple[str, ...] = option((), help="an evaluation set (a folder of images, a folder of webdataset "
+                                                    "tars, or a tar glob): downloaded images within "
+                                                    "--near-dup-threshold of one of its images are dropped",
+                                           metavar="PATH")
     shard_size: int = option(10_000, help="samples per shard")
     threads: int = option(32, help="download threads per shard being fetched")
     plan_only: bool = option(False, help="stop after the plan: DIR/plan (the selected pairs by shard, a URL "
@@ -90,11 +95,16 @@ class BuildOptions(Options):
             self.refuse("near_dup_threshold", "must be in -1..32")
         if not 0.0 <= self.caption_dup_threshold <= 1.0:
             self.refuse("caption_dup_threshold", "must be in 0..1")
+        if self.exclude_near and self.near_dup_threshold < 0:
+            self.refuse("exclude_near", "needs --near-dup-threshold 0 or more")
 
-    def fingerprint(self, files: Sequence[tuple[str, int, float]]) -> dict:
+    def fingerprint(self, files: Sequence[tuple[str, int, float]], refs: Sequence[EvalImage] = ()) -> dict:
         """Everything that decides the shards' content; a rerun into the same DIR must match it. The query
-        list counts by its content; how fast or in what steps the job runs does not count."""
+        list and the evaluation sets count by their content; how fast or in what steps the job runs does not
+        count."""
         d = asdict(self)
+        images = sorted((r.source, r.key, r.phash) for r in refs)
+        d["exclude_near"] = hashlib.sha256(repr(images).encode()).hexdigest() if refs else None
         for name in ("out", "threads", "plan_only", "max_group_size"):
             d.pop(name)
         d["fetch"] = {k: d["fetch"][k] for k in _FETCH_DECIDES}
@@ -126,21 +136,25 @@ def plan_pipeline(p: beam.Pipeline, files: Sequence[tuple[str, int]], opts: Buil
     pairs = candidates | "Match" >> MatchQueries(opts.queries)
     unique = pairs | "DedupUrls" >> DedupUrls(partitions_for(input_bytes))
     kept = unique | "CaptionDedup" >> CaptionDedup(opts.caption_dup_threshold, opts.seed, opts.out,
-                                                   opts.max_group_size)
+                                                   opts.max_group_size, partitions_for(input_bytes))
     selected, matched, unproven = kept | "Balance" >> Balance(opts.per_query_cap, opts.seed, whole)
     planned = selected | "AssignShards" >> AssignShards(opts.shard_size, opts.out, buckets_for(input_bytes))
     _ = (matched, selected, rejects, planned, unproven) | "RunDetails" >> RunDetails(
         opts.queries, opts.out, opts.per_query_cap, opts.shard_size)
 
 
-def fetch_pipeline(p: beam.Pipeline, shards: int, opts: BuildOptions, finished: frozenset[int]) -> None:
-    """The planned shards downloaded, deduplicated across the whole dataset and written."""
+def fetch_pipeline(p: beam.Pipeline, shards: int, opts: BuildOptions, finished: frozenset[int],
+                   refs: Sequence[EvalImage] = ()) -> None:
+    """The planned shards downloaded, deduplicated across the whole dataset (and against the evaluation
+    images `refs`) and written."""
     pending = p | "Shards" >> beam.Create(range(shards)) | "SpreadShards" >> beam.Reshuffle() \
         | "ReadPlan" >> ReadPlan(opts.out, opts.shard_size)
     images, shard_numbers = pending | "Download" >> DownloadShards(opts.out, finished, opts.fetch, opts.resize,
                                                                    opts.threads)
-    verdicts = images | "ImageDedup" >> ImageDedup(opts.near_dup_threshold, opts.max_group_size)
-    _ = (shard_numbers, verdicts) | "WriteShards" >> WriteShards(opts.out, finished)
+    refs = sorted_refs(refs)
+    found = images | "ImageDedup" >> ImageDedup(opts.near_dup_threshold, shards * opts.shard_size, refs,
+                                                opts.max_group_size)
+    _ = (shard_numbers, found) | "WriteShards" >> WriteShards(opts.out, finished, refs)
 
 
 # ---------------------------------------------------------------- driver
@@ -169,9 +183,9 @@ def _clean_temporaries(out: str) -> None:
         _delete(fileio.join(out, folder), ".*.tmp-*")
 
 
-def _check_out(opts: BuildOptions, files: list[tuple[str, int, float]]) -> None:
+def _check_out(opts: BuildOptions, files: list[tuple[str, int, float]], refs: Sequence[EvalImage]) -> None:
     """A DIR holds one build: refuse one made with other settings or inputs; mark a new one."""
-    fingerprint = opts.fingerprint(files)
+    fingerprint = opts.fingerprint(files, refs)
     marker = fileio.join(opts.out, "_build.json")
     if fileio.exists(marker):
         previous = json.loads(fileio.read_bytes(marker))
@@ -185,13 +199,13 @@ def _check_out(opts: BuildOptions, files: list[tuple[str, int, float]]) -> None:
         fileio.write_bytes(marker, json.dumps(fingerprint, indent=1).encode() + b"\n")
 
 
-def _run(build, beam_args: Sequence[str], *args) -> tuple[dict, dict]:
-    """Run one job; the stage counts and key sizes it reported."""
+def _run(build, beam_args: Sequence[str], *args) -> tuple[dict, dict, dict]:
+    """Run one job; the stage counts, key sizes and drops per evaluation set it reported."""
     p = beam.Pipeline(options=pipeline_options(beam_args))
     build(p, *args)
     result = p.run()
     result.wait_until_finish()
-    return stages.from_metrics(result), stages.key_sizes_from_metrics(result)
+    return stages.from_metrics(result), stages.key_sizes_from_metrics(result), stages.eval_sets_from_metrics(result)
 
 
 def _delete(folder: str, pattern: str) -> None:
@@ -205,7 +219,11 @@ def _make_plan(opts: BuildOptions, files: list[tuple[str, int]], beam_args: Sequ
     whole: frozenset[int] = frozenset()
     while True:
         _delete(fileio.join(opts.out, "plan"), "*")  # an unfinished plan's files, or the unproven one's
-        counts, keys = _run(plan_pipeline, beam_args, files, opts, whole)
+        counts, keys, _ = _run(plan_pipeline, beam_args, files, opts, whole)
+        problems = stages.unbalanced(counts, until="selected")
+        if problems:  # pairs lost or doubled on the way (a failed worker whose bundle the runner dropped)
+            raise BuildError(f"the plan's counts do not add up ({'; '.join(problems)}): the runner lost or "
+                             "repeated pairs, so this plan is not kept; run the build again")
         unproven = unproven_queries(opts.out)
         if not unproven:
             return write_plan_marker(opts.out, counts, keys)
@@ -222,7 +240,8 @@ def run_build(opts: BuildOptions, beam_args: Sequence[str] = ()) -> dict:
         raise BuildError(f"--queries {opts.queries}: no such file")
     if not any(read_queries(opts.queries)):
         raise BuildError(f"--queries {opts.queries}: the file holds no query")
-    _check_out(opts, files)
+    refs = read_eval_sets(opts.exclude_near, opts.resize)
+    _check_out(opts, files, refs)
     _clean_temporaries(opts.out)
     plan = read_plan_marker(opts.out)
     if plan is None:
@@ -230,12 +249,12 @@ def run_build(opts: BuildOptions, beam_args: Sequence[str] = ()) -> dict:
     else:
         log.info("%s holds a finished plan of %d shard(s): downloading it", opts.out, plan["shards"])
     if opts.plan_only:
-        return write_stats(opts.out, plan, {}, {}, opts.per_query_cap, opts.seed)
+        return write_stats(opts.out, plan, {}, {}, {}, opts.per_query_cap, opts.seed)
     finished = _finished_shards(opts.out)
     if finished:
         log.info("%d finished shard(s) in %s are kept", len(finished), opts.out)
-    counts, keys = _run(fetch_pipeline, beam_args, plan["shards"], opts, finished)
-    stats = write_stats(opts.out, plan, counts, keys, opts.per_query_cap, opts.seed)
+    counts, keys, eval_sets = _run(fetch_pipeline, beam_args, plan["shards"], opts, finished, refs)
+    stats = write_stats(opts.out, plan, counts, keys, eval_sets, opts.per_query_cap, opts.seed)
     problems = stages.unbalanced(stats["stages"])
     if problems:  # a stage that drops pairs without counting them: a bug, but the shards are fine
         log.warning("stage counts do not add up: %s", "; ".join(problems))

@@ -70,7 +70,7 @@ def download_shard(samples: Sequence[Sample], fetch_opts: FetchOptions, resize_o
         return list(pool.map(lambda s: download_sample(s, fetch_opts, resize_opts), samples))
 
 
-FETCHED = (Status.SUCCESS, Status.DUPLICATE, Status.NEAR_DUPLICATE)  # statuses whose image was downloaded
+FETCHED = (Status.SUCCESS, Status.DUPLICATE, Status.NEAR_DUPLICATE, Status.EVAL_DUPLICATE)  # statuses whose image was downloaded
 
 
 def image_info(shard: int, s: Sample) -> ImageInfo:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import zlib
 from collections import Counter
 from typing import Any, Callable, Iterable, Optional
 
@@ -170,7 +171,8 @@ class CombineInPartitions(beam.PTransform):
     most of the step's cost. A hot key sends one accumulator per bundle, as with CombinePerKey.
     """
 
-    def __init__(self, fn: beam.CombineFn, key: Callable[[Any], Any], partition: Callable[[Any], int], step: str):
+    def __init__(self, fn: beam.CombineFn, key: Callable[[Any], Any], partition: Callable[[Any], int],
+                 step: Optional[str]):
         super().__init__()
         self.fn, self.key, self.partition, self.step = fn, key, partition, step
 
@@ -211,7 +213,7 @@ class _CombineInBundle(beam.DoFn):
 
 
 class _MergePartition(beam.DoFn):
-    def __init__(self, fn: beam.CombineFn, step: str):
+    def __init__(self, fn: beam.CombineFn, step: Optional[str]):
         self.fn, self.step = fn, step
 
     def process(self, item):
@@ -223,7 +225,8 @@ class _MergePartition(beam.DoFn):
                 n += 1
                 before = merged.get(key)
                 merged[key] = acc if before is None else self.fn.merge_accumulators([before, acc])
-        key_sizes(self.step).update(n)
+        if self.step is not None:
+            key_sizes(self.step).update(n)
         for key, acc in merged.items():
             yield key, self.fn.extract_output(acc)
 
@@ -258,20 +261,25 @@ class Smallest(beam.CombineFn):
 
 class KeeperPerKey(beam.PTransform):
     """(key, value) in; (key, value, keeper) out for every value, the keeper being the key's smallest value by
-    `rank`. No worker groups more than `max_group` values of one key."""
+    `rank`. No worker groups more than `max_group` values of one key: larger keys get their keeper from a
+    combine. Values cross the shuffles in packed lists, spread over `partitions` by their key."""
 
-    def __init__(self, step: str, rank: Callable, max_group: int = MAX_GROUP):
+    def __init__(self, step: str, rank: Callable, max_group: int = MAX_GROUP, partitions: int = 1):
         super().__init__()
-        self.step, self.rank, self.max_group = step, rank, max_group
+        self.step, self.rank, self.max_group, self.partitions = step, rank, max_group, partitions
 
     def expand(self, kv):
-        hot = (kv
-               | "Sizes" >> beam.combiners.Count.PerKey()
-               | "HotKeys" >> beam.Filter(lambda kn, m: kn[1] > m, self.max_group))
-        split = kv | "SplitHot" >> beam.ParDo(_SplitHot(), beam.pvalue.AsDict(hot)).with_outputs(_HOT, main="cold")
+        n, max_group = self.partitions, self.max_group
+        batches = kv | "Batch" >> beam.ParDo(Batches(BATCH)) | "Pack" >> beam.Map(pack)
+        hot = (batches
+               | "Unpack" >> beam.FlatMap(unpack)
+               | "Sizes" >> CombineInPartitions(beam.combiners.CountCombineFn(), _first, lambda k: spread(k, n), None)
+               | "HotKeys" >> beam.Filter(lambda kn: kn[1] > max_group))
+        split = batches | "SplitHot" >> beam.ParDo(_SplitHot(), beam.pvalue.AsDict(hot)).with_outputs(_HOT, main="cold")
         cold = (split.cold
-                | "Group" >> beam.GroupByKey()
-                | "KeeperOfGroup" >> beam.ParDo(_KeeperOfGroup(self.step, self.rank)))
+                | "ListsPerPartition" >> beam.ParDo(ListsPerKey(lambda kv: spread(kv[0], n)))
+                | "GroupPartition" >> beam.GroupByKey()
+                | "KeepersOfPartition" >> beam.ParDo(_KeepersOfPartition(self.step, self.rank)))
         keepers = (split[_HOT]
                    | "HotKeeper" >> beam.CombinePerKey(Smallest(self.rank, None)).with_hot_key_fanout(HOT_KEY_FANOUT)
                    | "KeeperOnly" >> beam.ParDo(_KeeperOnly()))
@@ -280,29 +288,52 @@ class KeeperPerKey(beam.PTransform):
         return (cold, warm) | "AllKept" >> beam.Flatten()
 
 
+BATCH = 4096  # values a packed list holds
 _HOT = "hot"
 
 
-@beam.typehints.with_output_types(tuple[Any, Any])
+def _first(kv):
+    return kv[0]
+
+
+def spread(key, partitions: int) -> int:
+    """A stable partition for a key (str, bytes or int): the same in every worker, unlike `hash`."""
+    data = key.encode() if isinstance(key, str) else key if isinstance(key, bytes) else repr(key).encode()
+    return zlib.crc32(data) * partitions >> 32
+
+
+@beam.typehints.with_output_types(Any)
 class _SplitHot(beam.DoFn):
-    def process(self, kv, hot):
-        if kv[0] in hot:
-            yield beam.pvalue.TaggedOutput(_HOT, kv)
-        else:
-            yield kv
+    """A packed list of (key, value) in; its values of cold keys as one list, and each value of a hot key
+    on its own (on `_HOT`)."""
+
+    def process(self, packed, hot):
+        cold = []
+        for kv in unpack(packed):
+            if kv[0] in hot:
+                yield beam.pvalue.TaggedOutput(_HOT, kv)
+            else:
+                cold.append(kv)
+        if cold:
+            yield cold
 
 
-class _KeeperOfGroup(beam.DoFn):
+class _KeepersOfPartition(beam.DoFn):
     def __init__(self, step: str, rank: Callable):
         self.step, self.rank = step, rank
 
     def process(self, item):
-        key, values = item
-        values = list(values)
-        key_sizes(self.step).update(len(values))
-        keeper = min(values, key=self.rank)
-        for v in values:
-            yield key, v, keeper
+        _partition, lists = item
+        groups: dict = {}
+        for _n, packed in lists:
+            for key, value in unpack(packed):
+                groups.setdefault(key, []).append(value)
+        sizes = key_sizes(self.step)
+        for key, values in groups.items():
+            sizes.update(len(values))
+            keeper = min(values, key=self.rank)
+            for v in values:
+                yield key, v, keeper
 
 
 class _KeeperOnly(beam.DoFn):

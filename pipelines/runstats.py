@@ -127,9 +127,10 @@ def read_plan_marker(out: str) -> Optional[dict]:
     return json.loads(fileio.read_bytes(path)) if fileio.exists(path) else None
 
 
-def write_stats(out: str, plan: Mapping, stages: Mapping[str, int], largest_keys: Mapping[str, dict], cap: int,
-                seed: int) -> dict:
-    """stats.json: the plan's counts and details with the download's counts (`stages`, `largest_keys`) added."""
+def write_stats(out: str, plan: Mapping, stages: Mapping[str, int], largest_keys: Mapping[str, dict],
+                eval_sets: Mapping[str, int], cap: int, seed: int) -> dict:
+    """stats.json: the plan's counts and details with the download's counts (`stages`, `largest_keys`, the
+    images dropped per evaluation set) added."""
     counts = {name: plan["stages"].get(name, 0) + stages.get(name, 0) for name in NAMES}
     keys = {**plan["largest_keys"], **largest_keys}
     stats = {
@@ -139,6 +140,7 @@ def write_stats(out: str, plan: Mapping, stages: Mapping[str, int], largest_keys
         "per_query_cap": cap,
         "seed": seed,
         "largest_keys": {g: keys[g] for g in GROUPING_NAMES if g in keys},
+        "excluded_per_eval_set": dict(eval_sets),
         **{k: v for k, v in plan.items() if k not in ("stages", "largest_keys", "shards")},
     }
     fileio.write_bytes(fileio.join(out, STATS), json.dumps(stats, indent=1, ensure_ascii=False).encode() + b"\n")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import apache_beam as beam
 
-from pipelines.imagededup import Verdict
-from pipelines.stages import counter, key_sizes
+from pipelines.imagededup import EvalImage, Verdict, shard_verdicts
+from pipelines.stages import counter, eval_set_counter, key_sizes
 from wit import fileio, shardformat
 from wit.shardformat import STATUSES, Sample
 
@@ -33,34 +33,36 @@ def apply_verdicts(samples: Iterable[Sample], verdicts: Mapping[str, Verdict]) -
 
 
 class WriteShards(beam.PTransform):
-    """(every shard number, (shard, Verdict) of every dropped image) in; the numbers of the written shards out."""
+    """(every shard number, what the image dedup stage found per shard) in; the numbers of the written shards
+    out. `refs` are the evaluation images the stage was given, to name them."""
 
-    def __init__(self, out: str, finished: frozenset[int]):
+    def __init__(self, out: str, finished: frozenset[int], refs: Sequence[EvalImage] = ()):
         super().__init__()
-        self.out, self.finished = out, finished
+        self.out, self.finished, self.refs = out, finished, tuple(refs)
 
     def expand(self, inputs):
         shards, verdicts = inputs
         return (
             {"shard": shards | "ShardKey" >> beam.Map(lambda s: (s, None)), "verdicts": verdicts}
             | "JoinVerdicts" >> beam.CoGroupByKey()
-            | "WriteShard" >> beam.ParDo(WriteShard(self.out, self.finished))
+            | "WriteShard" >> beam.ParDo(WriteShard(self.out, self.finished, self.refs))
         )
 
 
-def _verdicts_of(joined) -> list[Verdict]:
-    verdicts = list(joined["verdicts"])
-    key_sizes("shard_verdicts").update(len(verdicts))
-    return verdicts
+def _verdicts_of(joined, refs: Sequence[EvalImage], key_digits: int) -> dict[str, Verdict]:
+    lists = list(joined["verdicts"])
+    key_sizes("shard_verdicts").update(sum(n for n, _packed in lists))
+    return shard_verdicts(lists, refs, key_digits)
 
 
 class WriteShard(beam.DoFn):
     """(shard, {"shard": ..., "verdicts": [...]}) in; the shard written unless it was finished before."""
 
     statuses = {s: counter(s.value) for s in STATUSES}
+    degenerate = counter("near_dup_degenerate")
 
-    def __init__(self, out: str, finished: frozenset[int]):
-        self.out, self.finished = out, finished
+    def __init__(self, out: str, finished: frozenset[int], refs: Sequence[EvalImage] = ()):
+        self.out, self.finished, self.refs = out, finished, refs
 
     def process(self, item):
         shard, joined = item
@@ -68,8 +70,13 @@ class WriteShard(beam.DoFn):
         if shard in self.finished:
             stats = json.loads(fileio.read_bytes(p["stats"]))
         else:
-            verdicts = {v.uid: v for v in _verdicts_of(joined)}
-            samples = apply_verdicts(shardformat.read_samples(p["staging"]), verdicts)
+            staged = shardformat.read_samples(p["staging"])
+            verdicts = _verdicts_of(joined, self.refs, len(staged[0].key) if staged else 0)
+            samples = apply_verdicts(staged, verdicts)
+            self.degenerate.inc(sum(v.degenerate for v in verdicts.values()))
+            for v in verdicts.values():
+                if v.source:
+                    eval_set_counter(v.source).inc()
             stats = shardformat.write_shard(self.out, shard, samples)
             fileio.delete_if_exists(p["staging"])
         for status, c in self.statuses.items():

@@ -60,8 +60,11 @@ REGISTRY: tuple[Count, ...] = (
     Count("shards", Status.OPTED_OUT.value, "opted out (robots.txt, X-Robots-Tag)", DROP),
     Count("shards", Status.DUPLICATE.value, "duplicate images", DROP),
     Count("shards", Status.NEAR_DUPLICATE.value, "near-duplicate images", DROP),
+    Count("shards", Status.EVAL_DUPLICATE.value, "near an evaluation image (--exclude-near)", DROP, optional=True),
     Count("shards", Status.SUCCESS.value, "samples in the shards", POOL),
     Count("download", "downloaded_this_run", "downloaded in this run", INFO),
+    Count("shards", "near_dup_degenerate", "near duplicates in pHash groups over the limit (bounded rule)", INFO,
+          optional=True),
     Count("grouping", "hot_keys", "keys over --max-group-size, resolved without grouping", INFO, optional=True),
 )
 NAMES = tuple(c.name for c in REGISTRY)
@@ -84,7 +87,8 @@ GROUPINGS: tuple[Grouping, ...] = (
     Grouping("order_bucket", "selected pairs in one ordering bucket, grouped"),
     Grouping("shard", "samples of one shard, grouped"),
     Grouping("sha256", "images with one sha256, grouped"),
-    Grouping("phash_band", "images in one pHash band, grouped"),
+    Grouping("phash_partition", "images in one pHash table partition, sorted by key"),
+    Grouping("phash_group", "images sharing one pHash table key, compared (largest per partition)"),
     Grouping("shard_verdicts", "dedup verdicts of one shard, grouped"),
 )
 GROUPING_NAMES = tuple(g.name for g in GROUPINGS)
@@ -105,6 +109,14 @@ def key_sizes(name: str):
     return Metrics.distribution(NAMESPACE, f"keys.{name}")
 
 
+EVAL_SET_PREFIX = "eval_set."
+
+
+def eval_set_counter(source: str):
+    """Images dropped for being near an image of the evaluation set `source` (--exclude-near)."""
+    return Metrics.counter(NAMESPACE, EVAL_SET_PREFIX + source)
+
+
 def _value(result):
     """Committed values where the runner has them (they count a retried bundle once), else attempted ones."""
     return result.committed if result.committed is not None else result.attempted
@@ -117,6 +129,16 @@ def from_metrics(result) -> dict[str, int]:
         if c.key.metric.name in totals:
             totals[c.key.metric.name] += _value(c) or 0
     return totals
+
+
+def eval_sets_from_metrics(result) -> dict[str, int]:
+    """Per evaluation set, the images dropped for being near one of its images."""
+    totals: dict[str, int] = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        if c.key.metric.name.startswith(EVAL_SET_PREFIX):
+            name = c.key.metric.name.removeprefix(EVAL_SET_PREFIX)
+            totals[name] = totals.get(name, 0) + (_value(c) or 0)
+    return dict(sorted(totals.items()))
 
 
 def key_sizes_from_metrics(result) -> dict[str, dict]:
@@ -132,10 +154,12 @@ def key_sizes_from_metrics(result) -> dict[str, dict]:
             for g in GROUPING_NAMES if g in merged}
 
 
-def unbalanced(stages: Mapping[str, int]) -> list[str]:
-    """Where a pool is not the pool before it minus the drops between them (empty when the counts agree)."""
+def unbalanced(stages: Mapping[str, int], until: str = "") -> list[str]:
+    """Where a pool is not the pool before it minus the drops between them (empty when the counts agree);
+    with `until`, only the counts up to that one (the plan's)."""
     problems, pool, name, drops = [], None, "", 0
-    for c in REGISTRY:
+    counts = REGISTRY[:NAMES.index(until) + 1] if until else REGISTRY
+    for c in counts:
         if c.role is DROP:
             drops += stages.get(c.name, 0)
         elif c.role is POOL:

@@ -109,9 +109,10 @@ class CaptionDedup(beam.PTransform):
     """(uid, Pair) in; the same out, minus pairs whose caption nearly repeats a kept one's. Off (the input
     passes through) at threshold 0; the drops are written to DIR/caption_near_duplicates-*.tsv."""
 
-    def __init__(self, threshold: float, seed: int, out: str, max_group: int = MAX_GROUP):
+    def __init__(self, threshold: float, seed: int, out: str, max_group: int = MAX_GROUP, partitions: int = 1):
         super().__init__()
         self.threshold, self.seed, self.out, self.max_group = threshold, seed, out, max_group
+        self.partitions = partitions  # of the band keys, for their grouping
 
     def expand(self, pairs):
         if self.threshold <= 0:
@@ -121,7 +122,7 @@ class CaptionDedup(beam.PTransform):
             pairs
             | "Sketch" >> beam.Map(lambda kv: sketch(kv[0], kv[1][0], seed))  # a pair's caption
             | "CaptionBands" >> beam.FlatMap(lambda s: [(k, s) for k in band_keys(s, t)])
-            | "KeeperPerBand" >> KeeperPerKey("caption_band", _priority, self.max_group)
+            | "KeeperPerBand" >> KeeperPerKey("caption_band", _priority, self.max_group, self.partitions)
             | "DropNearKeeper" >> beam.FlatMap(lambda item: _drop(item[1], item[2], t))
             | "DropByUid" >> beam.Map(lambda d: (d.uid, d))
             | "OneDropPerUid" >> beam.CombinePerKey(Smallest(_strongest, "caption_drops"))

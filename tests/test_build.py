@@ -247,8 +247,8 @@ def test_plan_only_writes_the_plan_and_a_later_build_downloads_it(built):
 
 def test_every_grouping_step_reports_its_largest_key(built):
     keys = built["stats"]["largest_keys"]
-    assert {"url", "url_partition", "query_topk", "order_bucket", "shard", "sha256", "phash_band",
-            "shard_verdicts"} <= set(keys)
+    assert {"url", "url_partition", "query_topk", "order_bucket", "shard", "sha256", "phash_partition",
+            "phash_group", "shard_verdicts"} <= set(keys)
     assert keys["shard"]["largest"] == SHARD and keys["url"]["keys"] == built["stats"]["stages"]["unique_pairs"]
 
 
@@ -293,3 +293,22 @@ def test_a_query_left_unproven_is_balanced_again_whole(built, tmp_path, monkeypa
     run_build(replace(_opts(built["inputs"], out), plan_only=True), BEAM)
     rows = [r for f in sorted((out / "plan").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert {r["uid"]: tuple(r["selected_query_ids"]) for r in rows} == _expected_selection(built)
+
+
+def test_a_plan_whose_counts_do_not_add_up_is_refused_and_made_again(built, tmp_path, monkeypatch):
+    from pipelines import build as build_module
+
+    real = build_module.stages.from_metrics
+
+    def lossy(result):  # as if a worker's bundle of pairs had been dropped between dedup and balancing
+        counts = real(result)
+        return {**counts, "selected": counts["selected"] - 5}
+
+    out = tmp_path / "lossy"
+    monkeypatch.setattr(build_module.stages, "from_metrics", lossy)
+    with pytest.raises(BuildError, match="counts do not add up.*run the build again"):
+        run_build(replace(_opts(built["inputs"], out), plan_only=True), BEAM)
+    assert not (out / "plan" / "_plan.json").exists()
+    monkeypatch.setattr(build_module.stages, "from_metrics", real)
+    stats = run_build(replace(_opts(built["inputs"], out), plan_only=True), BEAM)
+    assert stats["stages"]["selected"] == built["stats"]["stages"]["selected"]

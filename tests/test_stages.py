@@ -22,6 +22,8 @@ def test_unbalanced_names_a_pool_that_does_not_follow_from_its_drops():
     counts["matched"] = 8  # a stage dropped pairs without counting them (or counted some twice)
     problems = unbalanced(counts)
     assert len(problems) == 2 and problems[0].startswith("candidates 10 - drops 3 != matched 8")
+    counts["matched"], counts["success"] = 7, 0  # the plan's counts alone: the download has not run
+    assert unbalanced(counts, until="selected") == [] and len(unbalanced(counts)) == 1
 
 
 def test_a_count_missing_from_the_registry_fails_where_it_is_declared():

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from wit import fileio
 from wit.errors import InputError
 from wit.options import Options, option
-from wit.report import key_lines, stage_lines
+from wit.report import eval_set_lines, key_lines, stage_lines
 from wit.shardformat import STATUSES, iter_tar, read_parquet
 
 
@@ -158,7 +158,8 @@ def render(data: Dataset, top_queries: int = 8, per_query: int = 6) -> str:
         f"cap {data.stats.get('per_query_cap', 0):,} pairs per query, seed {data.stats.get('seed')}; "
         f"{sum(1 for q in data.queries if q[2]):,} of {data.stats.get('queries_in_list', 0):,} queries matched.</p>",
         "<h2>Pairs per stage</h2><pre>",
-        esc("\n".join(stage_lines(data.stats.get("stages", {})))),
+        esc("\n".join(stage_lines(data.stats.get("stages", {}))
+                       + eval_set_lines(data.stats.get("excluded_per_eval_set")))),
         "</pre>",
         "<h2>Largest key per grouping step</h2><p>Elements one key brought to one step: a hot query, URL, "
         "caption or image shows here.</p><pre>",

@@ -27,8 +27,16 @@ def key_lines(largest: dict) -> list[str]:
             for label, k in rows]
 
 
+def eval_set_lines(excluded: dict) -> list[str]:
+    """Per evaluation set (--exclude-near), the downloaded images dropped for being near one of its images."""
+    if not excluded:
+        return []
+    width = max(len(name) for name in excluded)
+    return ["near an evaluation image, per set:"] + [f"  {name:<{width}}  {n:>11,}" for name, n in excluded.items()]
+
+
 def summary(stats: dict, out: str) -> str:
-    lines = ["pairs per stage:"] + stage_lines(stats["stages"])
+    lines = ["pairs per stage:"] + stage_lines(stats["stages"]) + eval_set_lines(stats.get("excluded_per_eval_set"))
     before, after = stats["per_query_before_balancing"], stats["per_query_after_balancing"]
     lines.append(f"queries: {before.get('queries', 0):,} of {stats['queries_in_list']:,} matched something; "
                  f"cap {stats['per_query_cap']:,}, reached by {after.get('at_cap', 0):,}")

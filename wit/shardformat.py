@@ -38,6 +38,7 @@ class Status(str, Enum):
     OPTED_OUT = "opted_out"
     DUPLICATE = "duplicate"
     NEAR_DUPLICATE = "near_duplicate"
+    EVAL_DUPLICATE = "eval_duplicate"  # within the near-duplicate threshold of an evaluation image
     PENDING = "pending"
 
     def __str__(self) -> str:
@@ -67,6 +68,7 @@ class ErrorKind(str, Enum):
     DECODE = "decode"  # an image format, but the data does not decode
     DUPLICATE = "duplicate"
     NEAR_DUPLICATE = "near_duplicate"
+    EVAL_DUPLICATE = "eval_duplicate"
     OTHER = "other"
 
     def __str__(self) -> str:
