@@ -292,13 +292,14 @@ def by_rank(g: Group) -> Group:
 
 def group_found(g: Group, mask: int, threshold: int, limit: int = LIMIT) -> tuple[Found, int]:
     """The downloaded members of `g` (in `by_rank` order) that a better member sharing their key in one
-    table is near, and the largest group's size."""
+    table is near, and the size of the largest group compared pairwise (groups over `limit` are the
+    degenerate class: their members are marked `hot`)."""
     keys = g.phash & np.uint64(mask)
     order = np.argsort(keys, kind="stable")  # by key, in rank order within a key
     g, keys = take(g, order), keys[order]
     best, hot = better_members(keys, g.phash, g.ref >= 0, threshold, limit)
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1], True])
-    largest = int(np.diff(starts).max()) if len(keys) else 0
+    sizes = np.diff(np.flatnonzero(np.r_[True, keys[1:] != keys[:-1], True]))
+    largest = int(sizes[sizes <= limit].max(initial=0))
     j = np.flatnonzero(best >= 0)
     i = best[j]
     distance = np.bitwise_count(g.phash[i] ^ g.phash[j]).astype(np.int64)

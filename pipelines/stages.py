@@ -88,7 +88,7 @@ GROUPINGS: tuple[Grouping, ...] = (
     Grouping("shard", "samples of one shard, grouped"),
     Grouping("sha256", "images with one sha256, grouped"),
     Grouping("phash_partition", "images in one pHash table partition, sorted by key"),
-    Grouping("phash_group", "images sharing one pHash table key, compared (largest per partition)"),
+    Grouping("phash_group", "images sharing one pHash table key, compared pairwise (largest per partition)"),
     Grouping("shard_verdicts", "dedup verdicts of one shard, grouped"),
 )
 GROUPING_NAMES = tuple(g.name for g in GROUPINGS)
