@@ -96,3 +96,13 @@ def test_stats_and_the_summary_count_each_evaluation_set(decontaminated):
     assert json.loads((decontaminated["out"] / "stats.json").read_text())["excluded_per_eval_set"] == by_set
     text = summary(stats, str(decontaminated["out"]))
     assert "near an evaluation image (--exclude-near)" in text and "wds_drawn" in text
+
+
+def test_the_report_page_counts_each_evaluation_set(decontaminated, tmp_path):
+    from wit.cli import main
+
+    page = tmp_path / "report.html"
+    assert main(["report", str(decontaminated["out"]), "--out", str(page), "--queries", "1", "--per-query", "1"]) == 0
+    text = page.read_text()
+    assert "near an evaluation image (--exclude-near)" in text and "drawn" in text and "wds_drawn" in text
+    assert "eval_duplicate" in text  # the status breakdown
