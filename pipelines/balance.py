@@ -24,10 +24,8 @@ from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines.grouping import Batches, CountPerKey, pack, unpack
+from pipelines.grouping import Batches, CountPerKey, pack, unpack, windowed
 from pipelines.stages import counter, key_sizes
 from wit.runner import relax_gc
 
@@ -244,7 +242,7 @@ class _UnderBound(beam.DoFn):
 
     def finish_bundle(self):
         for kv in self._partials():
-            yield WindowedValue(kv, GlobalWindow().max_timestamp(), [GlobalWindow()])
+            yield windowed(kv)
 
 
 class _Check(beam.DoFn):

@@ -82,10 +82,15 @@ class _CountInBundle(beam.DoFn):
     def finish_bundle(self):
         seen = np.flatnonzero(self.array)
         for kv in zip(seen.tolist(), self.array[seen].tolist()):
-            yield WindowedValue(kv, GlobalWindow().max_timestamp(), [GlobalWindow()])
+            yield windowed(kv)
         for kv in self.counts.items():
-            yield WindowedValue(kv, GlobalWindow().max_timestamp(), [GlobalWindow()])
+            yield windowed(kv)
         self.start_bundle()
+
+
+def windowed(value) -> WindowedValue:
+    """An output of `finish_bundle`, which Beam wants windowed (the global window: the job is batch)."""
+    return WindowedValue(value, GlobalWindow().max_timestamp(), [GlobalWindow()])
 
 
 def pack(values: list) -> bytes:
@@ -121,7 +126,7 @@ class Batches(beam.DoFn):
 
     def finish_bundle(self):
         if self.batch:
-            yield WindowedValue(self.batch, GlobalWindow().max_timestamp(), [GlobalWindow()])
+            yield windowed(self.batch)
             self.batch = []
 
 
@@ -157,7 +162,7 @@ class ListsPerKey(beam.DoFn):
 
     def finish_bundle(self):
         for kv in self._packed():
-            yield WindowedValue(kv, GlobalWindow().max_timestamp(), [GlobalWindow()])
+            yield windowed(kv)
 
 
 class CombineInPartitions(beam.PTransform):
@@ -209,7 +214,7 @@ class _CombineInBundle(beam.DoFn):
 
     def finish_bundle(self):
         for kv in self._lists():
-            yield WindowedValue(kv, GlobalWindow().max_timestamp(), [GlobalWindow()])
+            yield windowed(kv)
 
 
 class _MergePartition(beam.DoFn):

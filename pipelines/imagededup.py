@@ -38,10 +38,8 @@ from typing import Iterable, NamedTuple, Optional, Sequence
 import apache_beam as beam
 import numba
 import numpy as np
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines.grouping import MAX_GROUP, KeeperPerKey, pack, unpack
+from pipelines.grouping import MAX_GROUP, KeeperPerKey, pack, unpack, windowed
 from pipelines.stages import key_sizes
 from wit.shardformat import ErrorKind, Status
 
@@ -429,8 +427,7 @@ class _ExactDup(beam.DoFn):
 
     def finish_bundle(self):
         if self.rows:
-            yield beam.pvalue.TaggedOutput(_FOUND, WindowedValue(found_rows(self.rows), GlobalWindow().max_timestamp(),
-                                                                 [GlobalWindow()]))
+            yield beam.pvalue.TaggedOutput(_FOUND, windowed(found_rows(self.rows)))
             self.rows = []
 
 
@@ -462,7 +459,7 @@ class _BestPerShard(beam.DoFn):
 
     def finish_bundle(self):
         for kv in self._packed():
-            yield WindowedValue(kv, GlobalWindow().max_timestamp(), [GlobalWindow()])
+            yield windowed(kv)
 
 
 class _TableEntries(beam.DoFn):
@@ -487,7 +484,7 @@ class _TableEntries(beam.DoFn):
             where = partition_of(g.phash & np.uint64(mask), table, self.partitions)
             for p in np.unique(where).tolist():
                 part = take(g, np.flatnonzero(where == p))
-                yield WindowedValue(((table, p), pack(list(part))), GlobalWindow().max_timestamp(), [GlobalWindow()])
+                yield windowed(((table, p), pack(list(part))))
 
 
 class _NearInPartition(beam.DoFn):

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import zlib
 from typing import Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import apache_beam as beam
 
-from pipelines.grouping import CombineInPartitions
+from pipelines.grouping import CombineInPartitions, spread
 from pipelines.match import Pair
 from pipelines.stages import counter, key_sizes
 
@@ -153,7 +152,7 @@ class DedupUrls(beam.PTransform):
         return (
             pairs
             | "OnePerUrl" >> CombineInPartitions(OnePerUrl(), lambda p: normalize_url(p[1]),
-                                                 lambda url: zlib.crc32(url.encode()) * n >> 32, "url_partition")
+                                                 lambda url: spread(url, n), "url_partition")
             | "CountDuplicates" >> beam.ParDo(_CountDuplicates())
         )
 

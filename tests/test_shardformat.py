@@ -63,6 +63,9 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 def test_keys_follow_img2dataset_layout():
     assert shards.key_for(12, 34, 10_000) == "000120034"
     assert shards.key_for(0, 7, 100) == "0000007"
+    for first, n, size in [(0, 5, 10), (99_995, 10, 10_000), (123, 400, 100), (0, 3, 1), (7, 30, 7)]:
+        expected = [shards.key_for(*divmod(i, size), size) for i in range(first, first + n)]
+        assert shards.keys_for(first, n, size).to_pylist() == expected  # the plan's column of keys
 
 
 def test_staging_round_trip_keeps_images(tmp_path):
