@@ -25,7 +25,7 @@ from urllib3 import BaseHTTPResponse, PoolManager
 from urllib3.exceptions import HTTPError
 
 from pipelines import robots
-from pipelines.netguard import NetworkPolicy, pool_manager
+from wit.netguard import NetworkPolicy, pool_manager
 from pipelines.responses import Failure, failure, get, read_body, redirect_target
 from wit import USER_AGENT
 from wit.options import Options, option

@@ -14,7 +14,7 @@ from urllib.parse import urljoin
 from urllib3 import BaseHTTPResponse, PoolManager, Timeout
 from urllib3.exceptions import NewConnectionError, ProtocolError, SSLError, TimeoutError
 
-from pipelines.netguard import BlockedAddress
+from wit.netguard import BlockedAddress
 from wit.shardformat import ErrorKind
 
 

@@ -2,16 +2,18 @@
 
 Sources, as in the CLIP paper: words occurring at least `min_word_count` times
 (`word`), bigrams with high PMI (`bigram`), article titles with at least
-`min_views` page views (`title`), and WordNet synsets' head lemmas (`wordnet`).
-Entries are the same query when their `match_form` is the same (what `wit
-build` would match); such an entry is attributed to the first of word,
-bigram, title, wordnet that has it, so WordNet adds only what is not already
-present.
+`min_views` page views (`title`), and WordNet synsets' head lemmas (`wordnet`);
+and, as MetaCLIP adds them, the numbers 0 to 99 (`number`: a word needs a
+letter, so no count file yields them). Entries are the same query when their
+`match_form` is the same (what `wit build` would match); such an entry is
+attributed to the first of word, number, bigram, title, wordnet that has it,
+so WordNet adds only what is not already present.
 
 What is cut, when there are more than `target`: entries are taken in tiers,
   1. words, most frequent first;
-  2. WordNet lemmas, in database order;
-  3. bigrams (highest PMI first) and titles (most viewed first) interleaved by
+  2. numbers, in order;
+  3. WordNet lemmas, in database order;
+  4. bigrams (highest PMI first) and titles (most viewed first) interleaved by
      rank fraction, so both lose the same share of their tail;
 and the first tier that does not fit is cut from its end. The file is written
 in that order, so reruns on the same inputs are byte-identical.
@@ -27,7 +29,7 @@ from queries import ngrams
 from wit.options import Options, option
 from wit.text import match_form
 
-SOURCES = ("word", "bigram", "title", "wordnet")
+SOURCES = ("word", "number", "bigram", "title", "wordnet")
 DEFAULT_MIN_PMI = math.log2(30)  # MetaCLIP's "PMI >= 30", read as the co-occurrence ratio
 
 
@@ -39,6 +41,7 @@ class Thresholds(Options):
     min_pmi: float = option(DEFAULT_MIN_PMI, help="log2 PMI a bigram needs (log2(30): co-occurring 30x more "
                                                   "often than by chance)")
     min_views: int = option(1_000, help="page views a title needs, summed over --pageviews files")
+    numbers: int = option(100, help="the numbers 0 to N-1 as queries (MetaCLIP adds 0-99; 0 for none)")
 
     def check(self) -> None:
         if self.target < 1:
@@ -46,6 +49,8 @@ class Thresholds(Options):
         for name in ("min_word_count", "min_bigram_count", "min_views"):
             if getattr(self, name) < 1:
                 self.refuse(name, "must be at least 1")
+        if self.numbers < 0:
+            self.refuse("numbers", "must not be negative")
 
 
 @dataclass
@@ -99,6 +104,7 @@ def assemble(unigrams: dict[str, int], bigrams: dict[str, int], titles: dict[str
     total_pairs = total_pairs or max(1, total_words)
     candidates = {
         "word": _words(unigrams, t),
+        "number": [Entry(str(n), "number", 0) for n in range(t.numbers)],
         "bigram": _bigrams(bigrams, unigrams, total_words, total_pairs, t) if bigrams else [],
         "title": _titles(titles, t),
         "wordnet": [Entry(lemma, "wordnet", 0) for lemma in wordnet],
@@ -109,7 +115,8 @@ def assemble(unigrams: dict[str, int], bigrams: dict[str, int], titles: dict[str
             key = match_form(e.query)
             if key:
                 owner.setdefault(key, source)
-    tiers = [candidates["word"], candidates["wordnet"], _interleave(candidates["bigram"], candidates["title"])]
+    tiers = [candidates["word"], candidates["number"], candidates["wordnet"],
+             _interleave(candidates["bigram"], candidates["title"])]
     chosen: list[Entry] = []
     seen: set[str] = set()
     duplicates = {s: 0 for s in SOURCES}
@@ -129,7 +136,7 @@ def assemble(unigrams: dict[str, int], bigrams: dict[str, int], titles: dict[str
         "entries": len(chosen),
         "short_by": max(0, t.target - len(chosen)),
         "thresholds": {"min_word_count": t.min_word_count, "min_bigram_count": t.min_bigram_count,
-                       "min_pmi_log2": round(t.min_pmi, 4), "min_views": t.min_views},
+                       "min_pmi_log2": round(t.min_pmi, 4), "min_views": t.min_views, "numbers": t.numbers},
         "sources": {s: {"candidates": len(candidates[s]), "already_present": duplicates[s], "kept": kept[s],
                         "cut": len(candidates[s]) - duplicates[s] - kept[s]} for s in SOURCES},
         "totals": {"words": total_words, "pairs": total_pairs},

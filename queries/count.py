@@ -4,7 +4,7 @@ Each dump file (the split pages-articlesN.xml-p…bz2 files parallelise well)
 is one unit of work; counts are summed with combiners, so the same job runs
 on DirectRunner here and on Dataflow/Spark for a full English Wikipedia.
 Outputs (TSV, sharded by Beam, written through its atomic file sinks):
-    WORK/unigrams-*.tsv   word <TAB> count
+    WORK/unigrams-*.tsv   word <TAB> count          (count >= min_word_count)
     WORK/bigrams-*.tsv    "w1 w2" <TAB> count      (count >= min_bigram_count)
     WORK/titles-*.tsv     title <TAB> views        (views >= min_views)
     WORK/totals.json      words, pairs, pages
@@ -59,8 +59,10 @@ def match_all(patterns: Sequence[str], what: str) -> list[str]:
     return [m.path for m in fileio.match_files(patterns, f"{what} file", QueryInputError)]
 
 
-def run_count(work: str, dumps: Sequence[str] = (), views: Sequence[str] = (), min_bigram_count: int = 100,
-              min_views: int = 1, beam_args: Sequence[str] = ()) -> None:
+def run_count(work: str, dumps: Sequence[str] = (), views: Sequence[str] = (), min_word_count: int = 100,
+              min_bigram_count: int = 100, min_views: int = 1, beam_args: Sequence[str] = ()) -> None:
+    """Counts under the thresholds are dropped here, on the workers: a full Wikipedia has tens of millions
+    of distinct tokens and hundreds of millions of distinct bigrams, nearly all of them rare."""
     dump_files = match_all(dumps, "Wikipedia dump") if dumps else []
     view_files = match_all(views, "pageview") if views else []
     with beam.Pipeline(options=pipeline_options(beam_args)) as p:
@@ -68,7 +70,7 @@ def run_count(work: str, dumps: Sequence[str] = (), views: Sequence[str] = (), m
             counted = (p | "Dumps" >> beam.Create(dump_files) | "SpreadDumps" >> beam.Reshuffle()
                        | "Count" >> beam.FlatMap(count_dump).with_outputs("totals", main="grams"))
             summed = counted.grams | "SumGrams" >> beam.CombinePerKey(sum)
-            (summed | "Unigrams" >> beam.Filter(lambda kv: kv[0][0] == 1)
+            (summed | "Unigrams" >> beam.Filter(lambda kv, m: kv[0][0] == 1 and kv[1] >= m, min_word_count)
              | "UnigramTsv" >> beam.Map(lambda kv: _tsv((kv[0][1], kv[1])))
              | "WriteUnigrams" >> beam.io.WriteToText(fileio.join(work, "unigrams"), file_name_suffix=".tsv"))
             (summed | "Bigrams" >> beam.Filter(lambda kv, m: kv[0][0] == 2 and kv[1] >= m, min_bigram_count)

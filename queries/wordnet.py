@@ -1,20 +1,29 @@
-"""WordNet synsets' head lemmas, from the WordNet 3.0 database or a WN-LMF XML file.
+"""WordNet synsets' head lemmas, from the WordNet 3.0 database, a WN-LMF XML file, or the shipped list.
 
 The database directory is what Debian's `wordnet-base` installs at
 /usr/share/wordnet (data.noun, data.verb, data.adj, data.adv). A synset's head
 lemma is its first word; underscores become spaces and adjective markers
-such as "(a)" are dropped.
+such as "(a)" are dropped. Each lemma is kept once, where it first occurs.
+
+The query builder needs nothing else of WordNet, so the head lemmas of WordNet
+3.0 ship with wit (`queries/data`, 400 KB, under WordNet's licence, which
+permits redistribution with its notice): the offline default needs no system
+package and no download.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import xml.etree.ElementTree as ET
+from importlib import resources
+from typing import Iterable
 
 from queries.errors import QueryInputError
 
 DATA_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
+SHIPPED = "wordnet-3.0-heads.txt.gz"
 _MARKER = re.compile(r"\((a|p|ip)\)$")
 
 
@@ -41,7 +50,11 @@ def read_database(directory: str) -> list[str]:
                 except ValueError as e:
                     raise QueryInputError(f"{path}: line {number}: bad word count {fields[3]!r}") from e
                 lemmas.append(_lemma(fields[4]))
-    return lemmas
+    return _once(lemmas)
+
+
+def _once(lemmas: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(lemma for lemma in lemmas if lemma))
 
 
 def read_lmf(path: str) -> list[str]:
@@ -74,7 +87,19 @@ def read_lmf(path: str) -> list[str]:
         head = entries.get(members[sid][0]) if sid in members and members[sid] else heads.get(sid)
         if head:
             out.append(_lemma(head))
-    return out
+    return _once(out)
+
+
+def write_heads(lemmas: Iterable[str], path: str) -> None:
+    """The shipped list's format: one lemma a line, gzip without a timestamp so rebuilds are byte-identical."""
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as f:
+        f.write("".join(f"{lemma}\n" for lemma in _once(lemmas)).encode())
+
+
+def shipped() -> list[str]:
+    """WordNet 3.0's head lemmas as shipped with wit (made with `write_heads(read_database(DIR), ...)`)."""
+    data = resources.files("queries").joinpath("data", SHIPPED).read_bytes()
+    return gzip.decompress(data).decode().splitlines()
 
 
 def read(path: str) -> list[str]:

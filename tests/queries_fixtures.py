@@ -82,3 +82,140 @@ def write_wordnet(directory: Path, skip: str | None = None) -> Path:
         if name != skip:
             (directory / name).write_text(WORDNET_HEADER + "\n".join(lines) + "\n")
     return directory
+
+
+class DumpSite:
+    """The Wikimedia dump site's layout on 127.0.0.1, with Range support, a request log and faults.
+
+    `files` maps a URL path to its bytes; `cut` holds paths whose next answer stops halfway (once each);
+    `corrupt` paths are served with a byte flipped; `robots` is the robots.txt body.
+    """
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.files: dict[str, bytes] = {}
+        self.cut: set[str] = set()
+        self.corrupt: set[str] = set()
+        self.robots = "User-agent: *\nAllow: /\n"
+        self.log: list[tuple[str, str | None]] = []
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                site.log.append((path, self.headers.get("Range")))
+                if path == "/robots.txt":
+                    body = site.robots.encode()
+                elif path in site.files:
+                    body = site.files[path]
+                else:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if path in site.corrupt:
+                    body = body[:-1] + bytes([body[-1] ^ 1])
+                start = 0
+                rng = self.headers.get("Range")
+                if rng and rng.startswith("bytes=") and rng.endswith("-"):
+                    start = int(rng[6:-1])
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                rest = body[start:]
+                if path in site.cut:
+                    site.cut.discard(path)
+                    self.wfile.write(rest[: len(rest) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(rest)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def requests_for(self, path: str) -> list[str | None]:
+        return [rng for p, rng in self.log if p == path]
+
+
+def publish_dump(site: DumpSite, wiki: str, date: str, parts: list[bytes], status: str = "done") -> list[str]:
+    """A dump run as the site lays it out: the parts, dumpstatus.json, the sha1sums file and the index."""
+    import hashlib
+    import json
+
+    names, files = [], {}
+    first = 1
+    for i, data in enumerate(parts, 1):
+        name = f"{wiki}-{date}-pages-articles-multistream{i}.xml-p{first}p{first + 99}.bz2"
+        first += 100
+        site.files[f"/{wiki}/{date}/{name}"] = data
+        names.append(name)
+        files[name] = {"size": len(data), "url": f"/{wiki}/{date}/{name}",
+                       "sha1": hashlib.sha1(data).hexdigest(), "md5": hashlib.md5(data).hexdigest()}
+        index = f"{wiki}-{date}-pages-articles-multistream-index{i}.txt-p1p100.bz2"
+        files[index] = {"size": 3, "url": f"/{wiki}/{date}/{index}"}
+        site.files[f"/{wiki}/{date}/{index}"] = b"idx"
+    site.files[f"/{wiki}/{date}/dumpstatus.json"] = json.dumps(
+        {"jobs": {"articlesmultistreamdump": {"status": status, "updated": "2026-11-02 10:00:00", "files": files},
+                  "xmlstubsdump": {"status": "done", "files": {}}}, "version": "0.8"}).encode()
+    site.files[f"/{wiki}/{date}/{wiki}-{date}-sha1sums.txt"] = "".join(
+        f"{hashlib.sha1(site.files[f'/{wiki}/{date}/{n}']).hexdigest()}  {n}\n" for n in names).encode()
+    dates = sorted({p.split("/")[2] for p in site.files if p.startswith(f"/{wiki}/")})
+    site.files[f"/{wiki}/"] = ("<html><body><a href=\"../\">../</a>\n" + "".join(
+        f'<a href="{d}/">{d}/</a>\n' for d in dates) + "</body></html>").encode()
+    return names
+
+
+def publish_pageviews(site: DumpSite, days: list[str], lines: list[str], with_md5: bool = True) -> list[str]:
+    """Hourly pageview files (two hours a day here) in month folders with an index and md5sums.txt."""
+    import gzip
+    import hashlib
+
+    names = []
+    for day in days:
+        for hour in ("000000", "010000"):
+            name = f"pageviews-{day}-{hour}.gz"
+            month = f"/other/pageviews/{day[:4]}/{day[:4]}-{day[4:6]}/"
+            site.files[month + name] = gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0)
+            names.append(month + name)
+    for month in {n.rsplit("/", 1)[0] + "/" for n in names}:
+        inside = sorted(p for p in site.files if p.startswith(month) and p.endswith(".gz"))
+        site.files[month] = "".join(f'<a href="{p.rsplit("/", 1)[1]}">{p.rsplit("/", 1)[1]}</a>\n'
+                                    for p in inside).encode()
+        if with_md5:
+            site.files[month + "md5sums.txt"] = "".join(
+                f"{hashlib.md5(site.files[p]).hexdigest()}  {p.rsplit('/', 1)[1]}\n" for p in inside).encode()
+    return names
+
+
+def wordnet_tarball(directory: Path) -> bytes:
+    """WordNet's distribution layout: WordNet-3.0/dict/data.* (and files the builder does not need)."""
+    import io
+    import tarfile
+
+    write_wordnet(directory / "dict")
+    (directory / "dict" / "index.noun").write_text("not needed\n")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(directory / "dict", arcname="WordNet-3.0/dict")
+    return buf.getvalue()

@@ -44,7 +44,7 @@ def test_thresholds_and_dedup_across_sources():
 
 def test_exact_target_cuts_the_lowest_ranked_bigrams_and_titles_first():
     u, b, t, w = _inputs()
-    th = Thresholds(target=12, min_word_count=100, min_bigram_count=100, min_pmi=3.0, min_views=1000)
+    th = Thresholds(target=12, min_word_count=100, min_bigram_count=100, min_pmi=3.0, min_views=1000, numbers=0)
     res = assemble(u, b, t, w, th, total_words=10_000, total_pairs=10_000)
     assert len(res.entries) == 12
     sources = [e.source for e in res.entries]
@@ -55,9 +55,32 @@ def test_exact_target_cuts_the_lowest_ranked_bigrams_and_titles_first():
     assert [e.query for e in again.entries] == [e.query for e in res.entries]
 
 
+def test_numbers_follow_the_words_and_own_their_form():
+    u, b, t, w = _inputs()
+    th = Thresholds(target=13, min_word_count=100, min_bigram_count=100, min_pmi=3.0, min_views=1000, numbers=3)
+    res = assemble(u, b, dict(t, **{"2": 9000}), w, th, total_words=10_000, total_pairs=10_000)
+    assert [e.source for e in res.entries][8:13] == ["word", "number", "number", "number", "wordnet"]
+    assert [e.query for e in res.entries if e.source == "number"] == ["0", "1", "2"]
+    assert [e.source for e in res.entries if e.query == "2"] == ["number"]  # the title "2" is the same query
+    assert res.report["thresholds"]["numbers"] == 3
+
+
+def test_count_files_are_read_as_captions_are(tmp_path):
+    f = tmp_path / "u.tsv"
+    f.write_text("The\t10\nthe\t5\nu.s\t7\nlt br gt\t3\n42\t9\nNaïve\t2\n")
+    read = read_counts([str(f)], "unigram", 1)
+    assert read.counts == {"the": 15, "naïve": 2}
+    assert read.dropped == {"not 1 word": 3}  # "u s" and "lt br gt" are not one word; "42" is none
+    g = tmp_path / "b.tsv"
+    g.write_text("New York\t10\nnew-york\t4\nnew york city\t3\nyork\t1\n")
+    read = read_counts([str(g)], "bigram", 2)
+    assert read.counts == {"new york": 14} and read.dropped == {"not 2 words": 2}
+
+
 @pytest.mark.skipif(not SHARED.exists(), reason="shared Wikipedia unigram counts not present")
 def test_real_wikipedia_unigram_counts():
-    unigrams = read_counts([str(SHARED)], "unigram")
+    read = read_counts([str(SHARED)], "unigram", 1)
+    unigrams = read.counts
     assert len(unigrams) > 100_000 and unigrams["the"] > 10**8
     res = assemble(unigrams, {}, {}, [], Thresholds(target=50_000, min_word_count=100))
     assert len(res.entries) == 50_000

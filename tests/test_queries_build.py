@@ -24,7 +24,8 @@ def _run(inputs, out, target):
     d, dump, _views, wn = inputs
     code = main(["queries", "build", "--out", str(out), "--wikipedia", str(dump),
                  "--pageviews", str(d / "pageviews-*"), "--wordnet", str(wn), "--target", str(target),
-                 "--min-word-count", "60", "--min-bigram-count", "60", "--min-pmi", "1.0", "--min-views", "1000"])
+                 "--min-word-count", "60", "--min-bigram-count", "60", "--min-pmi", "1.0", "--min-views", "1000",
+                 "--numbers", "0"])
     assert code == 0
     return (out / "queries.txt").read_text().splitlines(), json.loads((out / "composition.json").read_text())
 
@@ -49,6 +50,9 @@ def test_build_from_dump_pageviews_and_wordnet(inputs, tmp_path):
     assert [q for q, r in rows.items() if r[0] == "wordnet"] == ["entity", "zebra", "swim", "able", "quickly"]
     assert report["sources"]["wordnet"]["already_present"] == 3  # ice cream, city, New York
     assert report["entries"] == len(queries) == 19 and report["short_by"] == 981
+    # the count job drops rare words itself: the assembler never sees "zebra" (30 < 60)
+    counted = "".join(p.read_text() for p in (tmp_path / "a" / "counts").glob("unigrams-*.tsv"))
+    assert "zebra\t" not in counted and "new\t120\n" in counted
 
 
 def test_exact_target_and_byte_identical_reruns(inputs, tmp_path):
@@ -65,6 +69,22 @@ def test_offline_default_uses_wordfreq(tmp_path, capsys):
     assert any("wordfreq" in n for n in result.report["notes"])
     write(result, str(tmp_path))
     assert (tmp_path / "queries.txt").read_text().splitlines()[:3] == ["the", "to", "and"]
+
+
+def test_offline_default_in_full(tmp_path):
+    """wordfreq's words without its placeholders, the numbers 0-99 and WordNet 3.0 as shipped."""
+    result = build(QueryBuildOptions(str(tmp_path)))
+    r = result.report
+    entries = {e.query: e.source for e in result.entries}
+    assert 190_000 < r["entries"] == len(entries) < 215_000
+    assert r["sources"]["number"]["kept"] == 100 and entries["0"] == entries["99"] == "number"
+    assert r["sources"]["wordnet"]["kept"] > 40_000 and entries["physical entity"] == "wordnet"
+    for placeholder in ("00th", "0000s", "00pm", "a00", "ツ", "ಠ", "it s"):
+        assert placeholder not in entries
+    assert entries["ps4"] == entries["café"] == entries["α"] == "word"
+    dropped = r["dropped_from_counts"]["unigram"]
+    assert dropped["digit placeholder"] > 800 and dropped["not Latin or Greek letters"] > 100
+    assert "WordNet 3.0 head lemmas shipped" in r["inputs"]["wordnet"]
 
 
 def test_bad_inputs_name_the_file(inputs, tmp_path):

@@ -34,3 +34,15 @@ def test_wn_lmf(tmp_path):
 </LexicalResource>
 """)
     assert read(str(path)) == ["ice cream", "zebra"]
+
+
+def test_shipped_head_lemmas_round_trip(tmp_path):
+    from queries.wordnet import shipped, write_heads
+
+    heads = shipped()
+    assert len(heads) == len(set(heads)) == 87_379  # WordNet 3.0's distinct synset heads
+    assert heads[:2] == ["entity", "physical entity"] and "ice cream" in heads
+    write_heads(heads, str(tmp_path / "h.txt.gz"))
+    from importlib import resources
+    shipped_bytes = resources.files("queries").joinpath("data", "wordnet-3.0-heads.txt.gz").read_bytes()
+    assert (tmp_path / "h.txt.gz").read_bytes() == shipped_bytes  # the file is reproducible

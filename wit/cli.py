@@ -56,6 +56,10 @@ COMMANDS = (
     Command(("queries", "build"), "words, PMI bigrams, popular titles and WordNet lemmas -> queries.txt",
             "queries.build:QueryBuildOptions", "wit.commands:queries_build", beam=True,
             description="With no input, unigrams come from the wordfreq package (offline default)."),
+    Command(("queries", "download"), "the Wikipedia dump, hourly pageviews and WordNet from their official sites",
+            "queries.download:DownloadOptions", "wit.commands:queries_download",
+            description="Resumes where a previous run stopped; checks the checksums the dump site publishes; "
+                        "`wit queries build --from OUT` then takes the folder as it is."),
     Command(("tokenizer", "train"), "shards -> tokenizer.json (byte-level BPE on the captions)",
             "trainer.tokenizer:TokenizerOptions", "wit.commands:tokenizer_train"),
     Command(("train",), "train CLIP on webdataset shards (torchrun for several GPUs)",

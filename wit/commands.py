@@ -41,6 +41,16 @@ def queries_build(opts, beam_args: Sequence[str]) -> int:
     return 0
 
 
+def queries_download(opts, beam_args: Sequence[str]) -> int:
+    from queries.download import MANIFEST, download, summary
+
+    manifest = download(opts)
+    print(summary(manifest))
+    print(f"wrote {os.path.join(os.path.abspath(opts.out), MANIFEST)}; next: wit queries build --from {opts.out} "
+          f"--out queries/")
+    return 0
+
+
 def tokenizer_train(opts, beam_args: Sequence[str]) -> int:
     from trainer.data import iter_captions, list_shards
     from trainer.tokenizer import train_tokenizer

@@ -65,7 +65,8 @@ def resolve_allowed(host: str, port: int, policy: NetworkPolicy) -> list[tuple]:
         else:
             allowed.append(info)
     if not allowed:
-        raise OSError(f"blocked: {host} resolves to a {reasons[0] if reasons else 'no'} address")
+        raise OSError(f"blocked: {host} resolves to a {reasons[0]}" if reasons else f"blocked: {host} resolves "
+                      f"to no address")
     return allowed
 
 

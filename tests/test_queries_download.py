@@ -1,0 +1,142 @@
+"""`wit queries download` against a loopback site with the dump site's layout, then `queries build --from`."""
+
+import json
+
+import pytest
+
+from queries.download import DownloadError, DownloadOptions, Problem, download, downloaded_inputs
+from queries.errors import QueryInputError
+from tests.queries_fixtures import (ARTICLE, DumpSite, page, publish_dump, publish_pageviews, wordnet_tarball,
+                                    write_dump)
+from wit.cli import main
+
+VIEWS = ["en New_York 600 0", "en Hot%20dog 700 0", "de New_York 9999 0", "en Category:Cities 5000 0"]
+
+
+def _part(tmp_path, name, first):
+    pages = [page(f"Article {i}", ARTICLE, pid=i + 1) for i in range(first, first + 15)]
+    return write_dump(tmp_path / name, pages).read_bytes()
+
+
+@pytest.fixture
+def site(tmp_path):
+    s = DumpSite()
+    parts = [_part(tmp_path, "a.bz2", 0), _part(tmp_path, "b.bz2", 15)]
+    publish_dump(s, "enwiki", "20261101", parts)
+    publish_dump(s, "enwiki", "20261120", parts, status="in-progress")  # newer, not finished: skipped
+    publish_pageviews(s, ["20261030", "20261031"], VIEWS)
+    s.files["/wordnet/WordNet-3.0.tar.gz"] = wordnet_tarball(tmp_path / "wn")
+    yield s
+    s.close()
+
+
+def _opts(site, out, **kw):
+    kw = {"pageview_days": 2, **kw}
+    return DownloadOptions(out=str(out), site=site.url, wordnet_url=site.url + "/wordnet/WordNet-3.0.tar.gz",
+                           allow_private_networks=True, progress=False, retry_backoff=0.01, **kw)
+
+
+def test_download_then_build_from_the_folder(site, tmp_path):
+    out = tmp_path / "dl"
+    manifest = download(_opts(site, out))
+    assert manifest["dump_date"] == "20261101" and manifest["complete"]
+    parts = sorted(f["path"] for f in manifest["files"] if f["source"] == "wikipedia")
+    assert parts == ["wikipedia/enwiki-20261101-pages-articles-multistream1.xml-p1p100.bz2",
+                     "wikipedia/enwiki-20261101-pages-articles-multistream2.xml-p101p200.bz2"]  # no index files
+    assert all(f["verified"] for f in manifest["files"] if f["source"] != "wordnet")
+    assert sum(f["source"] == "pageviews" for f in manifest["files"]) == 4
+    assert sorted(p.name for p in (out / "wordnet" / "dict").iterdir()) == [
+        "data.adj", "data.adv", "data.noun", "data.verb"]
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    code = main(["queries", "build", "--from", str(out), "--out", str(tmp_path / "q"), "--target", "1000",
+                 "--min-word-count", "60", "--min-bigram-count", "60", "--min-pmi", "1.0", "--min-views", "1000"])
+    assert code == 0
+    rows = dict(line.split("\t")[:2] for line in (tmp_path / "q" / "queries.tsv").read_text().splitlines())
+    # two days x two hours of 700 views; WordNet from the download, not the shipped list
+    assert rows["Hot dog"] == "title" and rows["ice cream"] == "bigram" and rows["new"] == "word"
+    assert rows["swim"] == "wordnet" and "dog" not in rows
+    composition = json.loads((tmp_path / "q" / "composition.json").read_text())
+    assert composition["inputs"]["from"] == str(out)
+
+
+def test_a_cut_transfer_resumes_with_a_range_request(site, tmp_path):
+    path = "/enwiki/20261101/enwiki-20261101-pages-articles-multistream1.xml-p1p100.bz2"
+    site.cut.add(path)
+    manifest = download(_opts(site, tmp_path / "dl"))
+    assert manifest["complete"]
+    ranges = site.requests_for(path)
+    half = (len(site.files[path])) // 2
+    assert ranges == [None, f"bytes={half}-"]
+    assert (tmp_path / "dl" / "wikipedia" / path.rsplit("/", 1)[1]).read_bytes() == site.files[path]
+
+
+def test_a_part_left_by_a_killed_run_is_resumed_and_done_files_are_not_fetched_again(site, tmp_path):
+    out = tmp_path / "dl"
+    download(_opts(site, out))
+    path = "/enwiki/20261101/enwiki-20261101-pages-articles-multistream2.xml-p101p200.bz2"
+    dest = out / "wikipedia" / path.rsplit("/", 1)[1]
+    data = dest.read_bytes()
+    assert len(data) > 300
+    dest.unlink()
+    (out / "wikipedia" / (dest.name + ".part")).write_bytes(data[:300])
+    site.log.clear()
+    assert download(_opts(site, out))["complete"]
+    assert dest.read_bytes() == data and not (out / "wikipedia" / (dest.name + ".part")).exists()
+    fetched = [p for p, _ in site.log if p.endswith(".bz2") or p.endswith(".gz")]
+    assert fetched == [path] and site.requests_for(path) == ["bytes=300-"]
+
+
+def test_a_corrupt_part_is_named_removed_and_refetched_on_the_next_run(site, tmp_path, capsys):
+    out = tmp_path / "dl"
+    path = "/enwiki/20261101/enwiki-20261101-pages-articles-multistream1.xml-p1p100.bz2"
+    site.corrupt.add(path)
+    code = main(["queries", "download", "--out", str(out), "--site", site.url, "--pageview-days", "2",
+                 "--wordnet-url", site.url + "/wordnet/WordNet-3.0.tar.gz", "--allow-private-networks",
+                 "--no-progress", "--retry-backoff", "0.01"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "multistream1.xml-p1p100.bz2: sha1 " in err[0] and "does not match the published" in err[0]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [f["problem"] for f in manifest["failed"]] == ["checksum"] and not manifest["complete"]
+    assert len(manifest["files"]) == 1 + 4 + 1  # everything else is in place
+    assert not (out / "wikipedia" / path.rsplit("/", 1)[1]).exists()
+    with pytest.raises(QueryInputError, match="the download is incomplete"):
+        downloaded_inputs(str(out))
+    site.corrupt.clear()
+    site.log.clear()
+    assert download(_opts(site, out))["complete"]
+    assert [p for p, _ in site.log if p.endswith((".bz2", ".gz"))] == [path]
+
+
+def test_pageviews_without_published_md5_are_kept_unverified(tmp_path):
+    s = DumpSite()
+    try:
+        publish_dump(s, "enwiki", "20261101", [_part(tmp_path, "a.bz2", 0)])
+        publish_pageviews(s, ["20261031"], VIEWS, with_md5=False)
+        manifest = download(_opts(s, tmp_path / "dl", pageview_days=1, wordnet=False))
+        views = [f for f in manifest["files"] if f["source"] == "pageviews"]
+        assert len(views) == 2 and not any(f["verified"] for f in views) and "sha256" in views[0]["checksum"]
+        assert manifest["wordnet"] is None
+    finally:
+        s.close()
+
+
+def test_refusals_name_the_reason(site, tmp_path):
+    with pytest.raises(DownloadError, match=r"blocked: 127\.0\.0\.1 resolves to a loopback") as e:
+        download(DownloadOptions(out=str(tmp_path / "a"), site=site.url, progress=False, retries=0))
+    assert e.value.problem is Problem.NETWORK
+    with pytest.raises(DownloadError, match="the articlesmultistreamdump job is 'in-progress', not done"):
+        download(_opts(site, tmp_path / "b", dump_date="20261120"))
+    with pytest.raises(DownloadError, match="enwiki/20261231/dumpstatus.json|no run among 20261231"):
+        download(_opts(site, tmp_path / "c", dump_date="20261231"))
+    site.robots = "User-agent: wit\nDisallow: /enwiki/\n"
+    with pytest.raises(DownloadError, match="disallowed by .*/robots.txt for 'wit'") as e:
+        download(_opts(site, tmp_path / "d"))
+    assert e.value.problem is Problem.ROBOTS
+
+
+def test_build_from_refuses_other_inputs_and_a_missing_manifest(tmp_path, capsys):
+    assert main(["queries", "build", "--from", str(tmp_path), "--out", str(tmp_path / "q")]) == 2
+    assert "manifest.json: no manifest" in capsys.readouterr().err
+    assert main(["queries", "build", "--from", str(tmp_path), "--wordnet", "x", "--out", str(tmp_path / "q")]) == 2
+    assert "--from" in capsys.readouterr().err
