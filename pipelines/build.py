@@ -58,6 +58,8 @@ class BuildOptions(Options):
                                choices=("auto",) + FORMATS)
     url_col: str = option("url", help="column of the image URL")
     caption_col: str = option("caption", help="column of the caption")
+    strict: bool = option(False, help="stop at the first damaged input file (truncated, corrupt, unusable "
+                                      "columns) instead of keeping its rows before the damage and going on")
     min_caption_words: int = option(0, help="drop candidates whose caption has fewer words (0: keep all)")
     per_query_cap: int = option(20_000, help="pairs kept per query")
     seed: int = option(0, help="seed of the balancing order")
@@ -131,7 +133,8 @@ def plan_pipeline(p: beam.Pipeline, files: Sequence[tuple[str, int]], opts: Buil
                   whole: frozenset[int] = frozenset()) -> None:
     """The stages before the download, in the order pairs flow through them; each counts what it drops."""
     input_bytes = sum(size for _path, size in files)  # sets how finely URLs and the selection are spread
-    candidates, rejects = p | "Read" >> ReadCandidates(files, opts.input_format, opts.url_col, opts.caption_col)
+    candidates, rejects = p | "Read" >> ReadCandidates(files, opts.input_format, opts.url_col, opts.caption_col,
+                                                           strict=opts.strict)
     candidates = candidates | "FilterCaptions" >> FilterCaptions(opts.min_caption_words)
     pairs = candidates | "Match" >> MatchQueries(opts.queries)
     unique = pairs | "DedupUrls" >> DedupUrls(partitions_for(input_bytes))

@@ -2,8 +2,14 @@
 
 Column names are configurable as in img2dataset (`url_col`, `caption_col`).
 A bad row becomes a `Reject` naming its file and row, so one bad row never
-costs the rest of the file; a file that cannot be parsed at all raises
-`CandidateFileError` naming the file.
+costs the rest of the file. A file damaged part-way (a truncated or corrupt
+compressed stream, a Parquet row group that does not decode, columns that
+cannot be the url and caption) keeps the rows read before the damage and
+yields one `Reject` with `damaged=True`, naming the row where reading stopped
+and why: the job goes on without the rest, counts it as `damaged_files` and
+lists it in stats.json; `strict=True` (`wit build --strict`) stops the job
+instead with `CandidateFileError`. A file that cannot be opened at all (no
+header, not Parquet) always stops it.
 
 `ReadCandidates` is the job's first stage: file paths in, candidates and
 rejects out, counted as `candidates` and `rejected_rows`. A file is read in
@@ -13,8 +19,13 @@ file is many work items, and every row keeps its number in its file.
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import json
+import lzma
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import BinaryIO, Iterable, Iterator, Optional, Sequence, Union
 from urllib.parse import urlsplit
@@ -31,6 +42,15 @@ from wit.text import clean_caption
 
 FORMATS = ("parquet", "jsonl", "csv", "tsv")
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".deflate", ".lzma", ".xz")
+# Read with Python's own modules, which raise on a truncated or corrupt stream (Beam's stop quietly).
+_STDLIB_DECOMPRESS = {".gz": lambda raw: gzip.GzipFile(fileobj=raw), ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile,
+                      ".lzma": lzma.LZMAFile}
+_DAMAGE = (EOFError, OSError, zlib.error, lzma.LZMAError)
+MAX_URL_CHARS = 16_384
+MAX_CAPTION_CHARS = 65_536
+# Python's csv refuses fields over 128 KiB with an error that ends the file; fields are read whole instead and
+# a row whose url or caption is over the limits above is rejected on its own.
+csv.field_size_limit(2**31 - 1)
 
 
 class CandidateFileError(InputError):
@@ -50,8 +70,11 @@ class Reject:
     source: str
     row: int
     reason: str
+    damaged: bool = False  # the file stops being readable at `row`: the rest of it is not read
 
     def __str__(self) -> str:
+        if self.damaged:
+            return f"{self.source}: damaged at row {self.row}: {self.reason}; the rows before it were read"
         return f"{self.source}: row {self.row}: {self.reason}"
 
 
@@ -71,7 +94,9 @@ def _has_http_host(url: str) -> bool:
     """http(s) with a host, as urlsplit would read it, without parsing the rest (most URLs are plain)."""
     head = url[:8].lower()
     start = 7 if head.startswith("http://") else 8 if head.startswith("https://") else 0
-    if start and "[" not in url and "]" not in url:  # brackets: an IPv6 literal, which urlsplit checks
+    # brackets (an IPv6 literal) and non-ASCII (NFKC-changing host characters) are for urlsplit to judge: later
+    # stages split every URL, and one it refuses must not get past here
+    if start and url.isascii() and "[" not in url and "]" not in url:
         return len(url) > start and url[start] not in "/?#"
     try:
         parts = urlsplit(url)
@@ -80,15 +105,38 @@ def _has_http_host(url: str) -> bool:
     return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
 
 
+def _valid_unicode(text: str) -> bool:
+    """False for lone surrogates (JSON's "\\ud800" escapes), which no file can encode as UTF-8."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def validate(url: object, caption: object, source: str, row: int) -> Union[Candidate, Reject]:
     """Turn one raw row into a Candidate, or a Reject saying why not."""
-    if not isinstance(url, str) or not url.strip():
+    if url is None or isinstance(url, str) and not url.strip():
         return Reject(source, row, "missing url")
+    if not isinstance(url, str):
+        return Reject(source, row, f"url is a {type(url).__name__}, not text")
     url = url.strip()
+    if len(url) > MAX_URL_CHARS:
+        return Reject(source, row, f"url of {len(url):,} characters (over {MAX_URL_CHARS:,})")
+    if not _valid_unicode(url):
+        return Reject(source, row, "url holds a lone surrogate (invalid Unicode)")
     if not _has_http_host(url):
         return Reject(source, row, f"not an http(s) url: {url[:200]!r}")
-    if not isinstance(caption, str):
+    if caption is None:
         return Reject(source, row, "missing caption")
+    if not isinstance(caption, str):
+        return Reject(source, row, f"caption is a {type(caption).__name__}, not text")
+    if len(caption) > MAX_CAPTION_CHARS:
+        return Reject(source, row, f"caption of {len(caption):,} characters (over {MAX_CAPTION_CHARS:,})")
+    if not _valid_unicode(caption):
+        return Reject(source, row, "caption holds a lone surrogate (invalid Unicode)")
     text = clean_caption(caption)
     if not text:
         return Reject(source, row, "empty caption")
@@ -116,10 +164,34 @@ def _compressed(path: str) -> bool:
     return path.lower().endswith(_COMPRESSION_SUFFIXES)
 
 
-def _open(path: str, fmt: str) -> BinaryIO:
+@contextmanager
+def _open(path: str, fmt: str) -> Iterator[BinaryIO]:
     # Parquet and byte ranges need a seekable, uncompressed stream; compressed text is read whole.
-    raw = fmt == "parquet" or not _compressed(path)
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED if raw else CompressionTypes.AUTO)
+    opener = _STDLIB_DECOMPRESS.get(path[path.rfind("."):].lower())
+    if fmt != "parquet" and _compressed(path) and opener is None:  # .zst, .deflate: Beam's decompressors
+        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as stream:
+            yield stream
+        return
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        if fmt == "parquet" or opener is None:
+            yield raw
+        else:
+            with opener(raw) as stream:
+                yield stream
+
+
+class _Damaged(Exception):
+    """The file cannot be read past this point; the message says why."""
+
+
+def _damage(e: BaseException, path: str) -> str:
+    if isinstance(e, _Damaged):
+        return str(e)
+    if isinstance(e, EOFError):
+        return "the compressed stream ends early (truncated file)"
+    if any(m in str(e) for m in ("Not a gzipped file", "Invalid data stream", "Input format not supported")):
+        return f"not {path.rsplit('.', 1)[-1]} data as its name says ({e})"
+    return f"corrupt compressed data ({type(e).__name__}: {e})"
 
 
 def _parquet(stream: BinaryIO, path: str):
@@ -148,8 +220,11 @@ def split_file(path: str, size: int, fmt: str = "auto", split_bytes: int = SPLIT
         return parts
     header = None
     if fmt in ("csv", "tsv"):
-        with _open(path, fmt) as stream:
-            header = _header(stream.readline(), path, fmt)
+        try:
+            with _open(path, fmt) as stream:
+                header = _header(stream.readline(), path, fmt)
+        except _DAMAGE:
+            pass  # read_part meets the damage again and reports it where the rows are counted
     if fmt == "csv" or _compressed(path) or size <= split_bytes:
         return [Part(path, fmt, 0, -1, 0, header)]
     return [Part(path, fmt, start, min(start + split_bytes, size), 0 if start == 0 else None, header)
@@ -196,7 +271,7 @@ def _lines(stream: BinaryIO, part: Part) -> Iterator[bytes]:
 
 
 def _header(line: bytes, path: str, fmt: str) -> Optional[tuple[str, ...]]:
-    text = line.decode("utf-8", errors="replace").rstrip("\r\n")
+    text = line.decode("utf-8", errors="replace").rstrip("\r\n").removeprefix("\ufeff")  # Excel's BOM
     if not text:
         return None
     return tuple(next(csv.reader([text]))) if fmt == "csv" else tuple(text.split("\t"))
@@ -210,23 +285,55 @@ def _require_columns(path: str, names: Sequence[str], url_col: str, caption_col:
             "(set --url-col / --caption-col)")
 
 
-def read_part(part: Part, url_col: str = "url", caption_col: str = "caption") -> Iterator[Union[Candidate, Reject]]:
+def read_part(part: Part, url_col: str = "url", caption_col: str = "caption",
+              strict: bool = False) -> Iterator[Union[Candidate, Reject]]:
     """A Candidate or a Reject per row of the part (rows counted from 0 in the file, as in pandas; CSV and
-    TSV rows after the header)."""
+    TSV rows after the header); then, if the file is damaged, one Reject(damaged=True) where it stopped."""
+    last = None
+    try:
+        for item in _read_rows(part, url_col, caption_col):
+            last = item.row
+            yield item
+    except (_Damaged, *_DAMAGE) as e:
+        at = part.first_row if last is None else last + 1
+        reason = _damage(e, part.path)
+        if strict:
+            raise CandidateFileError(f"{part.path}: damaged at row {at}: {reason}") from e
+        yield Reject(part.path, at, reason, damaged=True)
+
+
+def _parquet_columns(pf, path: str, url_col: str, caption_col: str) -> None:
+    import pyarrow as pa
+
+    names = pf.schema_arrow.names
+    _require_columns(path, names, url_col, caption_col)
+    for col in (url_col, caption_col):
+        if names.count(col) > 1:
+            raise _Damaged(f"{names.count(col)} columns are named {col!r}; which one holds the {col} is unclear")
+        kind = pf.schema_arrow.field(col).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+            raise _Damaged(f"column {col!r} holds {kind}, not text (set --url-col / --caption-col)")
+
+
+def _read_rows(part: Part, url_col: str, caption_col: str) -> Iterator[Union[Candidate, Reject]]:
     path = part.path
     with _open(path, part.fmt) as stream:
         if part.fmt == "parquet":
             pf = _parquet(stream, path)
-            _require_columns(path, pf.schema_arrow.names, url_col, caption_col)
+            _parquet_columns(pf, path, url_col, caption_col)
             row = part.first_row
-            try:
-                for batch in pf.iter_batches(columns=[url_col, caption_col], batch_size=8192,
-                                             row_groups=list(range(part.start, part.end))):
-                    for url, caption in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
-                        yield validate(url, caption, path, row)
-                        row += 1
-            except Exception as e:
-                raise CandidateFileError(f"{path}: corrupt Parquet data: {e}") from e
+            batches = pf.iter_batches(columns=[url_col, caption_col], batch_size=8192,
+                                      row_groups=list(range(part.start, part.end)))
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
+                except Exception as e:  # pyarrow raises several types for corrupt pages
+                    raise _Damaged(f"corrupt Parquet data: {e}") from e
+                for url, caption in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+                    yield validate(url, caption, path, row)
+                    row += 1
         elif part.fmt == "jsonl":
             yield from _jsonl(_lines(stream, part), part, url_col, caption_col)
         elif part.fmt == "tsv":
@@ -238,12 +345,17 @@ def read_part(part: Part, url_col: str = "url", caption_col: str = "caption") ->
 def _jsonl(lines: Iterable[bytes], part: Part, url_col: str, caption_col: str):
     for row, raw in enumerate(lines, part.first_row):
         line = raw.decode("utf-8", errors="replace")
+        if row == 0:
+            line = line.removeprefix("\ufeff")
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             yield Reject(part.path, row, f"invalid JSON: {e.msg}")
+            continue
+        except RecursionError:
+            yield Reject(part.path, row, "JSON nested too deeply to read")
             continue
         if not isinstance(record, dict):
             yield Reject(part.path, row, "JSON line is not an object")
@@ -253,7 +365,8 @@ def _jsonl(lines: Iterable[bytes], part: Part, url_col: str, caption_col: str):
 
 def _tsv(lines: Iterable[bytes], part: Part, url_col: str, caption_col: str):
     """Tab-separated, one record a line, no quoting (img2dataset's reading): a field holds no tab or newline."""
-    if part.header is None:
+    if part.header is None:  # an empty file; or a damaged one, which reading its first line says
+        next(iter(lines), None)
         return
     _require_columns(part.path, part.header, url_col, caption_col)
     ui, ci, width = part.header.index(url_col), part.header.index(caption_col), len(part.header)
@@ -273,27 +386,36 @@ def _csv(stream: BinaryIO, part: Part, url_col: str, caption_col: str):
         header = next(reader)
     except StopIteration:
         return
+    if header:
+        header[0] = header[0].removeprefix("\ufeff")  # Excel writes a byte-order mark first
     _require_columns(part.path, header, url_col, caption_col)
     ui, ci = header.index(url_col), header.index(caption_col)
-    try:
-        for row, fields in enumerate(reader):
-            if len(fields) != len(header):
-                yield Reject(part.path, row, f"{len(fields)} fields, header has {len(header)}")
-                continue
+    row = 0
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # a NUL byte, a bad quote under strict dialects: this record only
+            yield Reject(part.path, row, f"unreadable CSV record (line {reader.line_num}): {e}")
+            row += 1
+            continue
+        if len(fields) != len(header):
+            yield Reject(part.path, row, f"{len(fields)} fields, header has {len(header)}")
+        else:
             yield validate(fields[ui], fields[ci], part.path, row)
-    except csv.Error as e:
-        raise CandidateFileError(f"{part.path}: line {reader.line_num}: {e}") from e
+        row += 1
 
 
 def read_path(path: str, fmt: str = "auto", url_col: str = "url", caption_col: str = "caption",
-              split_bytes: int = SPLIT_BYTES) -> Iterator[Union[Candidate, Reject]]:
+              split_bytes: int = SPLIT_BYTES, strict: bool = False) -> Iterator[Union[Candidate, Reject]]:
     """A whole file, part after part, as the job reads it (local, gs://, s3://, hdfs://...)."""
     size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
     parts = split_file(path, size, fmt, split_bytes)
     if any(p.first_row is None for p in parts):
         parts = number_parts(parts, [lines_in(p) for p in parts])
     for part in parts:
-        yield from read_part(part, url_col, caption_col)
+        yield from read_part(part, url_col, caption_col, strict)
 
 
 READ_BATCH = 8192  # candidates a Beam element holds: the matcher takes them a list at a time (bench/match.py)
@@ -308,10 +430,10 @@ class ReadCandidates(beam.PTransform):
     """
 
     def __init__(self, files: Sequence[tuple[str, int]], fmt: str, url_col: str, caption_col: str,
-                 split_bytes: int = SPLIT_BYTES):
+                 split_bytes: int = SPLIT_BYTES, strict: bool = False):
         super().__init__()
         self.files, self.fmt, self.url_col, self.caption_col = sorted(files), fmt, url_col, caption_col
-        self.split_bytes = split_bytes
+        self.split_bytes, self.strict = split_bytes, strict
 
     def expand(self, root):
         parts = (
@@ -331,7 +453,7 @@ class ReadCandidates(beam.PTransform):
             (parts.numbered, numbered)
             | "AllParts" >> beam.Flatten()
             | "SpreadParts" >> beam.Reshuffle()
-            | "ReadPart" >> beam.ParDo(_ReadPart(self.url_col, self.caption_col))
+            | "ReadPart" >> beam.ParDo(_ReadPart(self.url_col, self.caption_col, self.strict))
             .with_outputs(_REJECTS, main="candidates")
         )
         return read.candidates, read[_REJECTS]
@@ -349,10 +471,10 @@ def _split(file: tuple[str, int], fmt: str, split_bytes: int):
 
 
 class _ReadPart(beam.DoFn):
-    rows, rejected = counter("candidates"), counter("rejected_rows")
+    rows, rejected, damaged = counter("candidates"), counter("rejected_rows"), counter("damaged_files")
 
-    def __init__(self, url_col: str, caption_col: str):
-        self.url_col, self.caption_col = url_col, caption_col
+    def __init__(self, url_col: str, caption_col: str, strict: bool = False):
+        self.url_col, self.caption_col, self.strict = url_col, caption_col, strict
 
     def setup(self):
         relax_gc()
@@ -360,12 +482,16 @@ class _ReadPart(beam.DoFn):
     def process(self, part: Part):
         n = bad = 0
         batch: list[Candidate] = []
-        for item in read_part(part, self.url_col, self.caption_col):
-            n += 1
+        for item in read_part(part, self.url_col, self.caption_col, self.strict):
             if isinstance(item, Reject):
-                bad += 1
+                if item.damaged:
+                    self.damaged.inc()
+                else:
+                    n += 1
+                    bad += 1
                 yield beam.pvalue.TaggedOutput(_REJECTS, item)
             else:
+                n += 1
                 batch.append(item)
                 if len(batch) == READ_BATCH:
                     yield batch

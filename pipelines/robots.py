@@ -1,6 +1,9 @@
 """robots.txt, fetched once per host and worker process, read as RFC 9309 says.
 
-A 4xx answer means no rules (allow all). An unreachable file (5xx, network
+Rules are read by protego (Scrapy's parser): lines that do not parse are
+ignored and the rest apply, `*` and `$` patterns match, and the longest
+matching rule wins (`urllib.robotparser` takes the first match and knows no
+wildcards). A 4xx answer means no rules (allow all). An unreachable file (5xx, network
 error, timeout) means the host may not be crawled, as the RFC requires; such a
 host's samples fail with the reason rather than count as opted out, and the
 verdict is kept for a minute only. Redirects are followed up to five hops;
@@ -14,8 +17,7 @@ import time
 from collections import OrderedDict
 from typing import Optional
 from urllib.parse import urlsplit
-from urllib.robotparser import RobotFileParser
-
+from protego import Protego
 from urllib3 import PoolManager
 from urllib3.exceptions import HTTPError
 
@@ -76,10 +78,8 @@ class _Cache:
 cache = _Cache()
 
 
-def parse(text: str) -> RobotFileParser:
-    parser = RobotFileParser()
-    parser.parse(text.splitlines())
-    return parser
+def parse(text: str) -> Protego:
+    return Protego.parse(text)
 
 
 def _load(origin: str, pool: PoolManager, headers: dict[str, str], timeout: float, deadline: float) -> object:
@@ -112,6 +112,6 @@ def verdict(url: str, token: str, pool: PoolManager, headers: dict[str, str], ti
     rules = cache.rules(origin, cache_key, lambda: _load(origin, pool, headers, timeout, deadline))
     if isinstance(rules, Unreachable):
         return rules
-    if rules == ALLOW_ALL or rules.can_fetch(token, url):
+    if rules == ALLOW_ALL or rules.can_fetch(url, token):
         return None
     return Failure(ErrorKind.ROBOTS_TXT, f"robots.txt disallows {parts.path or '/'}")

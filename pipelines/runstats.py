@@ -27,6 +27,7 @@ from wit.shardformat import Status
 QUERY_COUNTS = "query_counts.tsv"
 STATS = "stats.json"
 REJECT_EXAMPLES = 20
+DAMAGED_LISTED = 1_000  # damaged input files named in stats.json (all are counted)
 
 
 PLAN = "_plan.json"
@@ -79,6 +80,10 @@ class RunDetails(beam.PTransform):
                 beam.pvalue.AsList(selected | "SelectedPerQuery" >> CountPerKey(_selecting_ids)),
                 beam.pvalue.AsSingleton(rejects | "RejectExamples" >> beam.combiners.Top.Of(
                     REJECT_EXAMPLES, key=lambda r: (r.source, r.row), reverse=True), default_value=[]),
+                beam.pvalue.AsSingleton(
+                    rejects | "Damaged" >> beam.Filter(lambda r: r.damaged)
+                    | "DamagedFiles" >> beam.combiners.Top.Of(DAMAGED_LISTED, key=lambda r: (r.source, r.row),
+                                                               reverse=True), default_value=[]),
                 beam.pvalue.AsList(planned),
                 beam.pvalue.AsList(unproven))
         )
@@ -89,7 +94,7 @@ def _selecting_ids(batch: list) -> np.ndarray:
 
 
 def _write_details(_, queries_path: str, out: str, cap: int, shard_size: int, matched, selected, rejects,
-                   buckets, unproven) -> None:
+                   damaged, buckets, unproven) -> None:
     queries = read_queries(queries_path)
     matched, selected = dict(matched), dict(selected)
     lines = ["query_id\tquery\tmatched\tselected"]
@@ -101,7 +106,8 @@ def _write_details(_, queries_path: str, out: str, cap: int, shard_size: int, ma
         "queries_in_list": sum(1 for q in queries if q),
         "per_query_before_balancing": distribution(matched, queries, None),
         "per_query_after_balancing": distribution(selected, queries, cap),
-        "rejected_examples": [str(r) for r in rejects],
+        "rejected_examples": [str(r) for r in rejects if not r.damaged],
+        "damaged_inputs": [str(r) for r in damaged],
         "unproven_queries": sorted(unproven),
     }
     fileio.write_bytes(_details_path(out), json.dumps(details).encode())

@@ -46,6 +46,8 @@ POOL, DROP, INFO = Role.POOL, Role.DROP, Role.INFO
 REGISTRY: tuple[Count, ...] = (
     Count("candidates", "candidates", "candidate rows read", POOL),
     Count("candidates", "rejected_rows", "rejected (bad rows)", DROP),
+    Count("candidates", "damaged_files", "input files damaged part-way (rows before the damage read)", INFO,
+          optional=True),
     Count("captionfilter", "short_captions", "captions under --min-caption-words", DROP, optional=True),
     Count("match", "unmatched", "matching no query", DROP),
     Count("match", "matched", "pairs matching a query", POOL),

@@ -312,3 +312,25 @@ def test_a_plan_whose_counts_do_not_add_up_is_refused_and_made_again(built, tmp_
     monkeypatch.setattr(build_module.stages, "from_metrics", real)
     stats = run_build(replace(_opts(built["inputs"], out), plan_only=True), BEAM)
     assert stats["stages"]["selected"] == built["stats"]["stages"]["selected"]
+
+
+def test_a_damaged_input_file_is_named_and_the_job_goes_on(built, tmp_path):
+    import gzip
+
+    from pipelines.candidates import CandidateFileError
+    from wit.report import summary
+
+    lines = "".join(f'{{"url": "http://127.0.0.1:9/d{i}.jpg", "caption": "red circle {i}"}}\n' for i in range(3000))
+    data = gzip.compress(lines.encode())
+    damaged = tmp_path / "cut.jsonl.gz"
+    damaged.write_bytes(data[: len(data) // 2])
+    opts = replace(_opts(built["inputs"], tmp_path / "out"), plan_only=True,
+                   candidates=(str(built["inputs"] / "*.parquet"), str(damaged)))
+    stats = run_build(opts, BEAM)
+    read = stats["stages"]["candidates"] - built["stats"]["stages"]["candidates"]
+    assert 0 < read < 3000 and stats["stages"]["damaged_files"] == 1 and stats["stages"]["rejected_rows"] == 0
+    assert stats["damaged_inputs"] == [f"{damaged}: damaged at row {read}: the compressed stream ends early "
+                                       f"(truncated file); the rows before it were read"]
+    assert "damaged input files: 1, each read up to the damage" in summary(stats, str(tmp_path / "out"))
+    with pytest.raises(CandidateFileError, match=f"cut.jsonl.gz: damaged at row {read}"):
+        run_build(replace(opts, out=str(tmp_path / "strict"), strict=True), BEAM)

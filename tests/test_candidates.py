@@ -139,3 +139,110 @@ def test_the_read_stage_reads_large_files_in_parts(tmp_path):
         assert_that(good | beam.FlatMap(lambda batch: [c.url for c in batch]), equal_to(expected), label="Good")
         assert_that(bad | beam.Map(lambda r: (r.source.rsplit("/", 1)[-1], r.row)),
                     equal_to([("big.jsonl", 37), ("big.tsv", 99)]), label="Bad")
+
+
+# One bad row costs only that row: each of these once ended the whole job.
+@pytest.mark.parametrize("url, caption, reason", [
+    ("http://[::1/a.jpg", "unbalanced IPv6 literal", "not an http(s) url"),
+    ("http://[zzzz::1]/a.jpg", "invalid IPv6 literal", "not an http(s) url"),
+    ("http://exa\uff03mple.com/a.jpg", "host changes under NFKC", "not an http(s) url"),
+    ("http://ex\u2100ample.com/a.jpg", "host changes under NFKC", "not an http(s) url"),
+    ("http://a.example/\ud800.jpg", "lone surrogate in the url", "url holds a lone surrogate"),
+    ("http://a.example/a.jpg", "lone \udfff surrogate", "caption holds a lone surrogate"),
+    ("http://a.example/" + "a" * 20_000, "very long url", "url of 20,017 characters"),
+    ("http://a.example/a.jpg", "x" * 70_000, "caption of 70,000 characters"),
+    (12345, "a number", "url is a int, not text"),
+    ("http://a.example/a.jpg", ["a", "list"], "caption is a list, not text"),
+])
+def test_hostile_rows_are_rejected_one_by_one(tmp_path, url, caption, reason):
+    path = tmp_path / "c.jsonl"
+    ok = json.dumps({"url": "http://ok.example/a.jpg", "caption": "fine"})
+    path.write_text("\n".join([ok, json.dumps({"url": url, "caption": caption}), ok]) + "\n")
+    good, bad = _split(read_path(str(path)))
+    assert [c.row for c in good] == [0, 2]
+    assert len(bad) == 1 and bad[0].row == 1 and reason in bad[0].reason, bad
+
+
+def test_deeply_nested_json_and_huge_csv_fields_cost_one_row(tmp_path):
+    ok = json.dumps({"url": "http://ok.example/a.jpg", "caption": "fine"})
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("\n".join([ok, "[" * 200_000 + "]" * 200_000, '{"a":' * 100_000 + "1" + "}" * 100_000, ok]))
+    good, bad = _split(read_path(str(deep)))
+    assert [c.row for c in good] == [0, 3] and [r.row for r in bad] == [1, 2]
+    assert {r.reason for r in bad} <= {"JSON nested too deeply to read", "JSON line is not an object"}
+    big = tmp_path / "big.csv"
+    big.write_text("url,caption\nhttp://a.example/1.jpg,one\n"
+                   f'http://a.example/2.jpg,"{"y" * 300_000}"\nhttp://a.example/3.jpg,three\n')
+    good, bad = _split(read_path(str(big)))
+    assert [c.caption for c in good] == ["one", "three"] and "caption of 300,000 characters" in bad[0].reason
+
+
+def test_a_byte_order_mark_is_read_past(tmp_path):
+    rows = "url,caption\nhttp://a.example/1.jpg,one\n"
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbf" + rows.encode())
+    (tmp_path / "excel.tsv").write_bytes(b"\xef\xbb\xbf" + rows.replace(",", "\t").encode())
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps({"url": "http://a.example/1.jpg",
+                                                                       "caption": "one"}).encode() + b"\n")
+    for name in ("excel.csv", "excel.tsv", "bom.jsonl"):
+        good, bad = _split(read_path(str(tmp_path / name)))
+        assert [(c.url, c.caption) for c in good] == [("http://a.example/1.jpg", "one")] and not bad, name
+
+
+def test_tsv_reads_quotes_as_text_as_img2dataset_does(tmp_path):
+    path = tmp_path / "c.tsv"
+    path.write_text('url\tcaption\nhttp://a.example/1.jpg\t"unbalanced quote\n'
+                    'http://a.example/2.jpg\ttwo\nhttp://a.example/3.jpg\t"quoted"\n')
+    good, bad = _split(read_path(str(path)))
+    assert [c.caption for c in good] == ['"unbalanced quote', "two", '"quoted"'] and not bad
+
+
+def _lines(n):
+    return "".join(json.dumps({"url": f"http://a.example/{i}.jpg", "caption": f"row {i}"}) + "\n" for i in range(n))
+
+
+def test_a_truncated_compressed_file_keeps_its_rows_and_says_where_it_stopped(tmp_path):
+    import bz2
+    import lzma
+
+    for suffix, compress in ((".gz", gzip.compress), (".bz2", bz2.compress), (".xz", lzma.compress)):
+        not_it = tmp_path / f"plain.jsonl{suffix}"
+        not_it.write_text(_lines(3))
+        assert f"not {suffix[1:]} data as its name says" in list(read_path(str(not_it)))[0].reason
+        path = tmp_path / f"c.jsonl{suffix}"
+        data = compress(_lines(60_000).encode())  # bz2 blocks hold 900 kB: several are needed
+        path.write_bytes(data[: len(data) // 2])
+        good, bad = _split(read_path(str(path)))
+        assert 0 < len(good) < 60_000 and [c.row for c in good] == list(range(len(good))), suffix
+        assert len(bad) == 1 and bad[0].damaged and bad[0].row == len(good), suffix
+        assert "ends early (truncated file)" in bad[0].reason
+        assert str(bad[0]).startswith(f"{path}: damaged at row {len(good)}: ")
+        with pytest.raises(CandidateFileError, match=rf"c.jsonl{suffix}: damaged at row {len(good)}"):
+            list(read_path(str(path), strict=True))
+
+
+def test_a_file_that_is_not_what_its_name_says_is_named(tmp_path):
+    path = tmp_path / "c.csv.gz"
+    path.write_text("url,caption\nhttp://a.example/1.jpg,one\n")  # plain text under a .gz name
+    good, bad = _split(read_path(str(path)))
+    assert good == [] and len(bad) == 1 and bad[0].damaged and bad[0].row == 0
+    assert "not gz data as its name says" in bad[0].reason and str(path) in str(bad[0])
+    corrupt = tmp_path / "d.jsonl.gz"
+    data = bytearray(gzip.compress(_lines(5_000).encode()))
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+    corrupt.write_bytes(bytes(data))
+    good, bad = _split(read_path(str(corrupt)))  # deflate may decode garbage first: gzip's CRC catches it
+    assert [r.damaged for r in bad].count(True) == 1 and bad[-1].damaged and len(good) < 5_000
+    assert "corrupt compressed data" in bad[-1].reason
+
+
+def test_parquet_columns_that_cannot_be_the_url_are_named(tmp_path):
+    ints = tmp_path / "ints.parquet"
+    pq.write_table(pa.table({"url": [1, 2], "caption": ["a", "b"]}), ints)
+    good, bad = _split(read_path(str(ints)))
+    assert good == [] and bad[0].damaged and "column 'url' holds int64, not text" in bad[0].reason
+    twice = tmp_path / "twice.parquet"
+    table = pa.Table.from_arrays([pa.array(["http://a.example/1.jpg"]), pa.array(["x"]), pa.array(["http://b/"])],
+                                 names=["url", "caption", "url"])
+    pq.write_table(table, twice)
+    good, bad = _split(read_path(str(twice)))
+    assert good == [] and bad[0].damaged and "2 columns are named 'url'" in bad[0].reason

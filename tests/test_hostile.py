@@ -278,8 +278,8 @@ def test_per_host_concurrency_is_capped(servers):
 def test_the_guard_refuses_private_addresses_directly():
     for ip, word in [("127.0.0.1", "loopback"), ("10.1.2.3", "private"), ("192.168.0.1", "private"),
                      ("169.254.169.254", "link-local"), ("::1", "loopback"), ("fe80::1", "link-local"),
-                     ("::ffff:10.0.0.1", "IPv6-embedded private"), ("0.0.0.0", "unspecified"),
-                     ("224.0.0.1", "multicast"), ("100.64.0.1", "non-global")]:
+                     ("::ffff:10.0.0.1", "IPv6-embedded private"), ("0.0.0.0", "this-network"),
+                     ("224.0.0.1", "multicast"), ("100.64.0.1", "shared")]:
         assert word in (refusal(ip) or ""), ip
     assert refusal("93.184.216.34") is None and refusal("2606:4700::1111") is None
     with pytest.raises(OSError, match="blocked: localhost"):

@@ -4,9 +4,10 @@ A URL list is untrusted input: a candidate (or a redirect from one) may point at
 127.0.0.1, the cloud metadata service at 169.254.169.254, or an intranet host.
 Checking the URL's host before the request is not enough: DNS can answer
 differently the second time (rebinding) and redirects name new hosts. So the
-check sits in urllib3's connection: it resolves the name once, refuses private,
-loopback, link-local, reserved, multicast and IPv4-mapped/6to4 forms of those,
-and connects to the very address it checked. Every redirect hop opens its own
+check sits in urllib3's connection: it resolves the name once, refuses every
+range of IANA's special-purpose registries (private, loopback, link-local,
+shared, documentation, ...), multicast and the IPv4-mapped, 6to4 and NAT64
+forms of those, and connects to the very address it checked. Every redirect hop opens its own
 connection, so every hop is checked.
 """
 
@@ -37,18 +38,65 @@ class BlockedAddress(NewConnectionError):
     """The host resolved only to addresses the policy refuses."""
 
 
+# IANA's IPv4 and IPv6 Special-Purpose Address Registries (as of 2025), every entry, whether or not the
+# registry calls it globally reachable (an anycast relay or a DNS sink is no image host), plus the ranges
+# outside them that are no unicast web host either: multicast, the deprecated site-local fec0::/10 (RFC 3879)
+# and the IPv4-compatible ::/96. Embedded IPv4 forms (mapped, 6to4, NAT64) are judged by their IPv4 address.
+SPECIAL_PURPOSE: tuple[tuple[str, str], ...] = (
+    ("0.0.0.0/8", "this-network"),
+    ("10.0.0.0/8", "private"),
+    ("100.64.0.0/10", "shared (carrier-grade NAT)"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("172.16.0.0/12", "private"),
+    ("192.0.0.0/24", "IETF protocol assignments"),
+    ("192.0.2.0/24", "documentation (TEST-NET-1)"),
+    ("192.31.196.0/24", "AS112"),
+    ("192.52.193.0/24", "AMT"),
+    ("192.88.99.0/24", "6to4 relay anycast"),
+    ("192.168.0.0/16", "private"),
+    ("192.175.48.0/24", "AS112 direct delegation"),
+    ("198.18.0.0/15", "benchmarking"),
+    ("198.51.100.0/24", "documentation (TEST-NET-2)"),
+    ("203.0.113.0/24", "documentation (TEST-NET-3)"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved"),
+    ("255.255.255.255/32", "limited broadcast"),
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("::/96", "IPv4-compatible (deprecated)"),
+    ("64:ff9b:1::/48", "local-use IPv4/IPv6 translation"),
+    ("100::/64", "discard-only"),
+    ("100:0:0:1::/64", "dummy IPv6 prefix"),
+    ("2001::/32", "Teredo"),
+    ("2001::/23", "IETF protocol assignments"),
+    ("2001:db8::/32", "documentation"),
+    ("2620:4f:8000::/48", "AS112 direct delegation"),
+    ("3fff::/20", "documentation"),
+    ("5f00::/16", "segment routing SIDs"),
+    ("fc00::/7", "unique-local"),
+    ("fe80::/10", "link-local"),
+    ("fec0::/10", "site-local (deprecated)"),
+    ("ff00::/8", "multicast"),
+)
+_SPECIAL = tuple((ipaddress.ip_network(net), name) for net, name in SPECIAL_PURPOSE)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def refusal(ip: str) -> Optional[str]:
     """Why `ip` is not a public unicast address, or None if it is."""
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
     if addr.version == 6:
         embedded = addr.ipv4_mapped or addr.sixtofour
+        if embedded is None and addr in _NAT64:
+            embedded = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
         if embedded is not None:
             why = refusal(str(embedded))
             return f"IPv6-embedded {why}" if why else None
-    for what in ("unspecified", "loopback", "link_local", "multicast", "reserved", "private"):
-        if getattr(addr, f"is_{what}"):
-            return f"{what.replace('_', '-')} address {addr}"
-    if not addr.is_global:
+    for net, name in _SPECIAL:
+        if addr.version == net.version and addr in net:
+            return f"{name} address {addr}"
+    if not addr.is_global:  # Python's own tables, should IANA's grow before ours
         return f"non-global address {addr}"
     return None
 

@@ -49,6 +49,9 @@ def summary(stats: dict, out: str) -> str:
     if stats.get("largest_keys"):
         lines.append("largest key per grouping step (elements):")
         lines += key_lines(stats["largest_keys"])
+    if stats.get("damaged_inputs"):
+        lines.append(f"damaged input files: {stats['stages'].get('damaged_files', 0):,}, each read up to the damage "
+                     f"and listed in stats.json: " + "; ".join(stats["damaged_inputs"][:3]))
     if stats.get("rejected_examples"):
         lines.append("rejected rows (first ones): " + "; ".join(stats["rejected_examples"][:3]))
     lines.append(f"{stats['shards']} shard(s) in {out}/shards (webdataset .tar + .parquet + _stats.json); "

@@ -1,0 +1,43 @@
+"""The network guard against IANA's special-purpose registries: every range refused, public addresses not."""
+
+import ipaddress
+
+import pytest
+
+from wit.netguard import SPECIAL_PURPOSE, refusal
+
+
+def _inside(net: str) -> list[str]:
+    n = ipaddress.ip_network(net)
+    return [str(n.network_address), str(n.network_address + n.num_addresses // 2), str(n.broadcast_address)]
+
+
+@pytest.mark.parametrize("net, name", SPECIAL_PURPOSE)
+def test_every_special_purpose_range_is_refused(net, name):
+    for ip in _inside(net):
+        addr = ipaddress.ip_address(ip)
+        names = [n for r, n in SPECIAL_PURPOSE if ipaddress.ip_network(r).version == addr.version
+                 and addr in ipaddress.ip_network(r)]  # nested ranges: the first listed names it
+        why = refusal(ip)
+        assert why is not None and (why.startswith("IPv6-embedded") or any(why.startswith(n) for n in names)), \
+            (ip, why)
+
+
+@pytest.mark.parametrize("ip, why", [
+    ("fec0::1", "site-local (deprecated) address fec0::1"),
+    ("fec0:1:2:3::4", "site-local (deprecated)"),
+    ("64:ff9b::a9fe:a9fe", "IPv6-embedded link-local address 169.254.169.254"),  # NAT64 to the metadata service
+    ("::ffff:127.0.0.1", "IPv6-embedded loopback"),
+    ("2002:c0a8:0101::1", "IPv6-embedded private address 192.168.1.1"),  # 6to4
+    ("::127.0.0.1", "IPv4-compatible"),
+    ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo"),
+    ("fe80::1%eth0", "link-local"),
+])
+def test_embedded_and_deprecated_forms(ip, why):
+    assert why in (refusal(ip) or ""), ip
+
+
+@pytest.mark.parametrize("ip", ["8.8.8.8", "93.184.216.34", "1.1.1.1", "192.0.3.1", "100.128.0.1",
+                                "2606:4700::1111", "2a00:1450:4001:80b::200e", "64:ff9b::808:808"])
+def test_public_addresses_pass(ip):
+    assert refusal(ip) is None
