@@ -17,9 +17,11 @@ import hashlib
 import logging
 import os
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Optional, Sequence
+from urllib.parse import urlsplit
 
 import apache_beam as beam
 
@@ -61,13 +63,72 @@ def download_sample(sample: Sample, fetch_opts: FetchOptions, resize_opts: Resiz
                    original_width=img.original_width, original_height=img.original_height, jpg=img.jpeg)
 
 
+def _host(url: str) -> str:
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+class _HostQueues:
+    """The shard's samples queued per host; a thread takes the next sample of the next host (round robin)
+    that has fewer than `per_host` of the shard's samples in flight. Threads never wait on a busy host
+    while another host has work: a slow or hostile host costs its own URLs time, not the others'."""
+
+    def __init__(self, samples: Sequence[Sample], per_host: int) -> None:
+        self.per_host = per_host
+        self.queues: dict[str, deque[int]] = {}
+        for i, s in enumerate(samples):
+            self.queues.setdefault(_host(s.url), deque()).append(i)
+        self.turn = deque(self.queues)
+        self.busy: dict[str, int] = {}
+        self.left = len(samples)
+        self.cond = threading.Condition()
+
+    def take(self) -> Optional[tuple[str, int]]:
+        with self.cond:
+            while True:
+                if self.left == 0:
+                    return None
+                for _ in range(len(self.turn)):
+                    host = self.turn[0]
+                    self.turn.rotate(-1)
+                    if self.busy.get(host, 0) < self.per_host:
+                        i = self.queues[host].popleft()
+                        if not self.queues[host]:
+                            self.turn.remove(host)
+                        self.busy[host] = self.busy.get(host, 0) + 1
+                        self.left -= 1
+                        return host, i
+                self.cond.wait()  # every host with work is at its limit: one finishing frees a slot
+
+    def done(self, host: str) -> None:
+        with self.cond:
+            self.busy[host] -= 1
+            self.cond.notify_all()  # a waiter may be for this host, or may have nothing left to wait for
+
+
 def download_shard(samples: Sequence[Sample], fetch_opts: FetchOptions, resize_opts: ResizeOptions,
                    threads: int = 32) -> list[Sample]:
     """Results in input order, one per sample, whatever happened to each."""
     if not samples:
         return []
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(samples)))) as pool:
-        return list(pool.map(lambda s: download_sample(s, fetch_opts, resize_opts), samples))
+    results: list[Optional[Sample]] = [None] * len(samples)
+    queues = _HostQueues(samples, max(1, fetch_opts.max_per_host))
+
+    def work() -> None:
+        while (taken := queues.take()) is not None:
+            host, i = taken
+            try:
+                results[i] = download_sample(samples[i], fetch_opts, resize_opts)
+            finally:
+                queues.done(host)
+
+    workers = max(1, min(threads, len(samples)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for f in [pool.submit(work) for _ in range(workers)]:
+            f.result()
+    return results  # type: ignore[return-value]
 
 
 FETCHED = (Status.SUCCESS, Status.DUPLICATE, Status.NEAR_DUPLICATE, Status.EVAL_DUPLICATE)  # statuses whose image was downloaded

@@ -175,6 +175,11 @@ def _check_url(url: str) -> Optional[Failure]:
                        f"unsupported scheme {parts.scheme or '(none)'!r}: only http and https are fetched")
     if not parts.hostname:
         return Failure(ErrorKind.INVALID_URL, "no host in the URL")
+    try:
+        parts.port
+    except ValueError:  # checked here, or robots.txt's URL would be blamed for the image's port
+        return Failure(ErrorKind.INVALID_URL, f"invalid port {parts.netloc.rpartition(':')[2][:20]!r} "
+                                              f"(0-65535)")
     return None
 
 

@@ -45,6 +45,9 @@ class ResizeOptions(Options):
     resize_only_if_bigger: bool = option(False, help="never enlarge an image")
     encode_quality: int = option(95, help="JPEG quality of the stored image")
     max_pixels: int = option(89_478_485, help="refuse larger images (decompression bombs; Pillow's own limit)")
+    max_jpeg_scans: int = option(100, help="refuse JPEGs of more scans: each scan of a progressive JPEG is "
+                                           "decoded over the whole image, so a small file of a thousand "
+                                           "repeated scans costs a minute of CPU (libjpeg-turbo's scan limit)")
     min_image_size: int = option(0, help="refuse images whose shorter side is smaller")
 
     def check(self) -> None:
@@ -54,6 +57,8 @@ class ResizeOptions(Options):
             self.refuse("encode_quality", "must be in 1..100")
         if self.max_pixels < 1:
             self.refuse("max_pixels", "must be at least 1")
+        if self.max_jpeg_scans < 1:
+            self.refuse("max_jpeg_scans", "must be at least 1")
         if self.min_image_size < 0:
             self.refuse("min_image_size", "must not be negative")
 
@@ -110,17 +115,27 @@ def image_format(data: bytes) -> Optional[str]:
     return None
 
 
+def jpeg_scans(data: bytes) -> int:
+    """Start-of-scan markers in a JPEG. Entropy-coded data never holds FF DA (an FF there is followed by 00
+    or a restart marker), so counting is exact but for an embedded EXIF thumbnail's one scan."""
+    return data.count(b"\xff\xda")
+
+
 def resize_image(data: bytes, opts: ResizeOptions) -> Resized:
-    if image_format(data) is None:
+    fmt = image_format(data)
+    if fmt is None:
         raise ResizeError(ErrorKind.NOT_AN_IMAGE,
                           f"not a JPEG/PNG/WebP/GIF image: magic bytes {data[:8].hex() or '(empty)'}")
+    if fmt == "JPEG" and jpeg_scans(data) > opts.max_jpeg_scans:
+        raise ResizeError(ErrorKind.TOO_COMPLEX, f"JPEG of {jpeg_scans(data):,} scans, over --max-jpeg-scans "
+                                                 f"{opts.max_jpeg_scans} (each scan is a pass over the image)")
     try:
         img = Image.open(io.BytesIO(data), formats=OPENABLE_FORMATS)
     except Image.DecompressionBombError as e:  # Pillow's own cap (2x its MAX_IMAGE_PIXELS), read from the header
         raise ResizeError(ErrorKind.TOO_LARGE,
                           f"image over the cap of {opts.max_pixels} pixels (decompression bomb): {e}") from e
-    except Exception as e:
-        raise ResizeError(ErrorKind.NOT_AN_IMAGE, f"not a JPEG/PNG/WebP/GIF image: {type(e).__name__}") from e
+    except Exception as e:  # the magic bytes say which format: say what in its header is wrong
+        raise ResizeError(ErrorKind.DECODE, f"unreadable {fmt} header: {type(e).__name__}: {e}") from e
     ow, oh = img.size
     if ow * oh > opts.max_pixels:
         raise ResizeError(ErrorKind.TOO_LARGE, f"image over the cap of {opts.max_pixels} pixels: {ow}x{oh}")

@@ -12,8 +12,9 @@ from typing import Iterator, NamedTuple, Optional
 from urllib.parse import urljoin
 
 from urllib3 import BaseHTTPResponse, PoolManager, Timeout
-from urllib3.exceptions import NewConnectionError, ProtocolError, SSLError, TimeoutError
+from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, SSLError, TimeoutError
 
+from wit import netguard
 from wit.netguard import BlockedAddress
 from wit.shardformat import ErrorKind
 
@@ -23,18 +24,30 @@ def get(pool: PoolManager, url: str, headers: dict[str, str], timeout: float,
         deadline: float) -> Iterator[BaseHTTPResponse]:
     """One GET, no redirect followed, no retry, the body not yet read; back to the pool on leaving.
 
-    Errors are urllib3's own (retries=False), so `failure` sees what really happened. Content is never
-    decoded: a gzip body could expand past the byte cap inside one read. A connection whose body was
-    read to the end is kept alive; any other is closed, so no leftover bytes reach the next request.
+    Errors are urllib3's own (retries=False), so `failure` sees what really happened; past the deadline,
+    whatever broke is a `DeadlineExceeded`. The whole exchange (connect, TLS, status line, headers,
+    body) is under the deadline (`netguard.deadline`). Content is never decoded: a gzip body could expand
+    past the byte cap inside one read. A connection whose body was read to the end is kept alive; any
+    other is closed, so no leftover bytes reach the next request.
     """
     remaining = min(timeout, max(0.01, deadline - time.monotonic()))
-    resp = pool.request("GET", url, headers=headers, timeout=Timeout(connect=remaining, read=remaining),
-                        preload_content=False, decode_content=False, redirect=False, retries=False)
-    try:
-        yield resp
-    finally:
-        resp.close()
-        resp.release_conn()
+    with netguard.deadline(deadline):
+        try:
+            resp = pool.request("GET", url, headers=headers, timeout=Timeout(connect=remaining, read=remaining),
+                                preload_content=False, decode_content=False, redirect=False, retries=False)
+        except HTTPError as e:
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded(f"no complete response headers within {timeout:g}s") from e
+            raise
+        try:
+            yield resp
+        finally:
+            resp.close()
+            resp.release_conn()
+
+
+class DeadlineExceeded(TimeoutError):
+    """The exchange passed its deadline (the watchdog shut its socket)."""
 
 
 def redirect_target(resp: BaseHTTPResponse, url: str) -> Optional[str]:
@@ -50,13 +63,19 @@ def read_body(resp: BaseHTTPResponse, max_bytes: int, deadline: float) -> tuple[
     (read(n) would block until n bytes arrived, each recv well inside the socket timeout).
     """
     chunks, size = [], 0
-    while chunk := resp.read1(65536):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > max_bytes:
-            return b"".join(chunks), "over"
-        if time.monotonic() > deadline:
-            return b"".join(chunks), "timeout"
+    try:
+        while chunk := resp.read1(65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                return b"".join(chunks), "over"
+            if time.monotonic() > deadline:
+                return b"".join(chunks), "timeout"
+    except HTTPError:
+        if time.monotonic() < deadline:
+            raise
+    if time.monotonic() >= deadline:  # the watchdog shut the socket: the body may look complete, it is cut
+        return b"".join(chunks), "timeout"
     return b"".join(chunks), None
 
 
@@ -69,6 +88,8 @@ def failure(e: Exception, timeout: Optional[float] = None) -> Failure:
     """What a request that raised `e` failed of."""
     if isinstance(e, ValueError):  # urllib3's LocationParseError, the idna codec's UnicodeError
         return Failure(ErrorKind.INVALID_URL, f"invalid URL: {_reason(e)}")
+    if isinstance(e, DeadlineExceeded):
+        return Failure(ErrorKind.TIMEOUT, f"timeout: {e}")
     if isinstance(e, BlockedAddress):
         return Failure(ErrorKind.BLOCKED_NETWORK, str(e).split(": ", 1)[-1])  # urllib3 prefixes the connection
     if isinstance(e, SSLError):

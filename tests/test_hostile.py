@@ -71,6 +71,7 @@ class Hostile(ThreadingHTTPServer):
 
     def __init__(self, internal_port: int, robots_status: int = 200):
         self.counts: dict[str, int] = {}
+        self.arrivals: list[float] = []
         self.connections = 0
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
@@ -99,6 +100,7 @@ class Hostile(ThreadingHTTPServer):
                 path = self.path
                 with server.lock:
                     server.counts[path] = server.counts.get(path, 0) + 1
+                    server.arrivals.append(time.monotonic())
                     seen = server.counts[path]
                 internal = f"127.0.0.1:{internal_port}"
                 try:
@@ -119,6 +121,22 @@ class Hostile(ThreadingHTTPServer):
                             self.wfile.write(b"\xff")
                             self.wfile.flush()
                             time.sleep(0.05)
+                    elif path in ("/drip-status.jpg", "/drip-headers.jpg", "/continue-forever.jpg"):
+                        # the exchange before the body, dripped: each read is quick, the whole never ends
+                        head = {"/drip-status.jpg": b"HTTP/1.1 200 OK\r\n" * 100,
+                                "/drip-headers.jpg": b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nX-Pad: "
+                                                     + b"a" * 2000,
+                                "/continue-forever.jpg": b"HTTP/1.1 100 Continue\r\n\r\n" * 1000}[path]
+                        step = 1 if path != "/continue-forever.jpg" else 25
+                        for i in range(0, len(head), step):
+                            if server.stop.is_set():
+                                return
+                            self.wfile.write(head[i:i + step])
+                            self.wfile.flush()
+                            time.sleep(0.05)
+                    elif path.startswith("/slow/"):
+                        time.sleep(0.2)
+                        self.send(body=JPEG)
                     elif path == "/endless.jpg":
                         self.send_response(200)
                         self.send_header("Content-Type", "image/jpeg")
@@ -387,3 +405,46 @@ def test_keep_alive_reuses_only_connections_read_to_the_end(servers):
     assert fetch(f"{base}/page.html", opts).error.startswith("content-type text/html")  # its body never read
     after = fetch(f"{base}/ok/after.jpg", opts)
     assert after.ok and after.data == JPEG
+
+
+@pytest.mark.parametrize("path", ["/drip-status.jpg", "/drip-headers.jpg", "/continue-forever.jpg"])
+def test_the_deadline_covers_the_status_line_and_headers(servers, path):
+    hostile, _ = servers
+    robots.cache.clear()
+    started = time.monotonic()
+    got = fetch(f"http://127.0.0.1:{hostile.server_address[1]}{path}", _opts(hostile, retries=0, timeout=1.0,
+                                                                             robots_txt=False))
+    assert time.monotonic() - started < 2.5  # the 1 s deadline, not the minute the drip would take
+    assert got.kind is K.TIMEOUT and got.error.startswith("timeout"), got
+
+
+def test_a_bad_port_is_blamed_on_the_url_not_robots_txt(servers):
+    hostile, _ = servers
+    got = fetch("http://127.0.0.1:99999/a.jpg", _opts(hostile))
+    assert got.kind is K.INVALID_URL and got.error == "invalid port '99999' (0-65535)"
+
+
+def test_a_slow_host_costs_its_own_urls_time_not_the_other_hosts(servers):
+    from pipelines.download import download_shard
+    from pipelines.resize import ResizeOptions
+    from wit.shardformat import Sample
+
+    hostile, _ = servers
+    other = Hostile(9)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        robots.cache.clear()
+        slow = [Sample(f"{i:09d}", f"{i:016x}", f"http://127.0.0.1:{hostile.server_address[1]}/slow/{i}.jpg", "c")
+                for i in range(20)]
+        fast = [Sample(f"{i:09d}", f"{i:016x}", f"http://localhost:{other.server_address[1]}/ok/{i}.jpg", "c")
+                for i in range(20, 28)]
+        started = time.monotonic()
+        out = download_shard(slow + fast, _opts(hostile, max_per_host=2, robots_txt=False,
+                                                allow_private_networks=True), ResizeOptions(image_size=16), threads=8)
+        assert [s.status.value for s in out] == ["success"] * 28
+        # 20 slow images, 2 at a time, take 2 s; the other host's 8 were all asked for at the start
+        assert len(other.arrivals) == 8 and max(other.arrivals) - started < 1.0
+        assert time.monotonic() - started > 1.8
+    finally:
+        other.shutdown()
+        other.server_close()

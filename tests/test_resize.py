@@ -59,3 +59,44 @@ def test_bad_images_raise_resize_error():
 def test_large_jpeg_decoded_at_reduced_scale_still_exact_size():
     r = resize_image(_img(2000, 1500), ResizeOptions(image_size=100, resize_mode="center_crop"))
     assert (r.width, r.height) == (100, 100) and (r.original_width, r.original_height) == (2000, 1500)
+
+
+def _progressive_jpeg() -> bytes:
+    img = Image.new("RGB", (64, 48), (10, 200, 30))
+    out = io.BytesIO()
+    img.save(out, format="JPEG", progressive=True, quality=90)
+    return out.getvalue()
+
+
+def test_a_jpeg_of_too_many_scans_is_refused_before_decoding():
+    import time
+
+    from pipelines.resize import jpeg_scans
+    from wit.shardformat import ErrorKind
+
+    data = _progressive_jpeg()
+    assert 1 < jpeg_scans(data) <= 20
+    resize_image(data, ResizeOptions(image_size=32))  # an ordinary progressive JPEG decodes
+    last = data.rindex(b"\xff\xda")
+    hostile = data[:last] + data[last:-2] * 1000 + b"\xff\xd9"  # its last scan repeated a thousand times
+    started = time.process_time()
+    with pytest.raises(ResizeError) as e:
+        resize_image(hostile, ResizeOptions(image_size=32))
+    assert time.process_time() - started < 0.5
+    assert e.value.kind is ErrorKind.TOO_COMPLEX and str(e.value).startswith("JPEG of 1,00")
+    assert "over --max-jpeg-scans 100" in str(e.value)
+
+
+def test_a_png_refused_by_its_header_says_why():
+    from PIL.PngImagePlugin import PngInfo
+
+    from wit.shardformat import ErrorKind
+
+    info = PngInfo()
+    info.add_text("comment", "x" * 3_000_000, zip=True)  # a zTXt chunk past Pillow's text-chunk limit
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, format="PNG", pnginfo=info)
+    with pytest.raises(ResizeError) as e:
+        resize_image(out.getvalue(), ResizeOptions())
+    assert e.value.kind is ErrorKind.DECODE
+    assert str(e.value).startswith("unreadable PNG header: ValueError: Decompressed data too large")

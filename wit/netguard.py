@@ -13,11 +13,16 @@ connection, so every hop is checked.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
+import itertools
 import socket
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Optional
+from typing import Iterator, Optional
 
 import certifi
 from urllib3 import PoolManager
@@ -118,8 +123,84 @@ def resolve_allowed(host: str, port: int, policy: NetworkPolicy) -> list[tuple]:
     return allowed
 
 
+class _Watchdog:
+    """Shuts the socket of an exchange that passed its deadline.
+
+    A socket timeout bounds each read, not the exchange: a server that drips its status line, its headers
+    or endless `100 Continue` lines a byte at a time, or stalls a TLS handshake, would hold a request as
+    long as it likes. One thread per process keeps the deadlines in a heap; a shut socket makes the
+    blocked read return at once, and the caller, past its deadline, reports a timeout.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, object]] = []
+        self._ids = itertools.count(1)
+        self._thread: Optional[threading.Thread] = None
+
+    def watch(self, conn, deadline: float) -> None:
+        token = next(self._ids)
+        conn._wit_watch = token
+        with self._cond:
+            heapq.heappush(self._heap, (deadline, token, conn))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="wit-deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    @staticmethod
+    def release(conn) -> None:
+        conn._wit_watch = None
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    _deadline, token, conn = heapq.heappop(self._heap)
+                    if getattr(conn, "_wit_watch", None) == token:  # still in the exchange it was watched for
+                        sock = getattr(conn, "sock", None)
+                        if sock is not None:
+                            try:
+                                sock.shutdown(socket.SHUT_RDWR)
+                            except OSError:
+                                pass
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+
+_watchdog = _Watchdog()
+_exchange = threading.local()
+
+
+@contextmanager
+def deadline(when: float) -> Iterator[None]:
+    """Every connection this thread connects or sends on inside the block is shut at `when` (monotonic)."""
+    _exchange.deadline, _exchange.conns = when, []
+    try:
+        yield
+    finally:
+        for conn in _exchange.conns:
+            _watchdog.release(conn)
+        _exchange.deadline, _exchange.conns = None, []
+
+
+def _watch(conn) -> None:
+    when = getattr(_exchange, "deadline", None)
+    if when is not None:
+        _watchdog.watch(conn, when)
+        _exchange.conns.append(conn)
+
+
 class _Guarded:
     policy: NetworkPolicy = NetworkPolicy()
+
+    def connect(self) -> None:  # TCP and TLS: under the exchange's deadline
+        _watch(self)
+        super().connect()
+
+    def request(self, *args, **kwargs):  # a kept-alive connection starts its exchange here
+        _watch(self)
+        return super().request(*args, **kwargs)
 
     def _new_conn(self) -> socket.socket:  # urllib3 2.x hook: one call per new connection
         try:

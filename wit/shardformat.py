@@ -66,6 +66,7 @@ class ErrorKind(str, Enum):
     TOO_LARGE = "too_large"  # bytes or pixels over the cap
     TOO_SMALL = "too_small"
     DECODE = "decode"  # an image format, but the data does not decode
+    TOO_COMPLEX = "too_complex"  # decoding work over a bound set before decoding (a JPEG's scan count)
     DUPLICATE = "duplicate"
     NEAR_DUPLICATE = "near_duplicate"
     EVAL_DUPLICATE = "eval_duplicate"
