@@ -19,7 +19,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass, replace
-from typing import Sequence
+from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -191,7 +191,13 @@ def _check_out(opts: BuildOptions, files: list[tuple[str, int, float]], refs: Se
     fingerprint = opts.fingerprint(files, refs)
     marker = fileio.join(opts.out, "_build.json")
     if fileio.exists(marker):
-        previous = json.loads(fileio.read_bytes(marker))
+        try:
+            previous = json.loads(fileio.read_bytes(marker))
+            if not isinstance(previous, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:  # written atomically by us: damaged by something else
+            raise BuildError(f"{marker}: not a build marker ({e}); it says which settings built {opts.out}, so "
+                             f"without it the folder cannot be trusted: use another --out, or delete the folder")
         changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
         if changed:
             raise BuildError(f"{opts.out} was built with different {', '.join(changed)}; "
@@ -206,9 +212,26 @@ def _run(build, beam_args: Sequence[str], *args) -> tuple[dict, dict, dict]:
     """Run one job; the stage counts, key sizes and drops per evaluation set it reported."""
     p = beam.Pipeline(options=pipeline_options(beam_args))
     build(p, *args)
-    result = p.run()
-    result.wait_until_finish()
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as e:
+        raise _user_error(e) or e
     return stages.from_metrics(result), stages.key_sizes_from_metrics(result), stages.eval_sets_from_metrics(result)
+
+
+def _user_error(e: BaseException) -> Optional[WitError]:
+    """What a user can fix, found under the runner's wrapping: ours (a WitError), or a file the system refused
+    (permissions, a full disk), which then names its path in one line."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, WitError):
+            return e
+        if isinstance(e, OSError) and getattr(e, "filename", None):
+            return BuildError(f"{e.filename}: {e.strerror or e}")
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _delete(folder: str, pattern: str) -> None:
@@ -236,7 +259,8 @@ def _make_plan(opts: BuildOptions, files: list[tuple[str, int]], beam_args: Sequ
 
 
 def run_build(opts: BuildOptions, beam_args: Sequence[str] = ()) -> dict:
-    """Plan (unless DIR holds a finished plan) and download; returns the run stats (also in DIR/stats.json)."""
+    """Plan (unless DIR holds a finished plan) and download; returns the run stats (also in DIR/stats.json).
+    One build at a time writes into DIR: a second is refused at once (`fileio.folder_lock`)."""
     opts = absolute(opts)
     files = _match_candidates(opts.candidates)
     if not FileSystems.exists(opts.queries):
@@ -244,6 +268,12 @@ def run_build(opts: BuildOptions, beam_args: Sequence[str] = ()) -> dict:
     if not any(read_queries(opts.queries)):
         raise BuildError(f"--queries {opts.queries}: the file holds no query")
     refs = read_eval_sets(opts.exclude_near, opts.resize)
+    with fileio.folder_lock(opts.out, "wit build"):
+        return _build(opts, files, refs, beam_args)
+
+
+def _build(opts: BuildOptions, files: list[tuple[str, int, float]], refs: Sequence[EvalImage],
+           beam_args: Sequence[str]) -> dict:
     _check_out(opts, files, refs)
     _clean_temporaries(opts.out)
     plan = read_plan_marker(opts.out)

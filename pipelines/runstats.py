@@ -11,6 +11,7 @@ by the number of queries, not of pairs.
 from __future__ import annotations
 
 import json
+import logging
 from itertools import chain
 from typing import Mapping, Optional, Sequence
 
@@ -28,6 +29,8 @@ QUERY_COUNTS = "query_counts.tsv"
 STATS = "stats.json"
 REJECT_EXAMPLES = 20
 DAMAGED_LISTED = 1_000  # damaged input files named in stats.json (all are counted)
+
+log = logging.getLogger(__name__)
 
 
 PLAN = "_plan.json"
@@ -129,8 +132,19 @@ def write_plan_marker(out: str, stages: Mapping[str, int], largest_keys: Mapping
 
 
 def read_plan_marker(out: str) -> Optional[dict]:
+    """The finished plan's marker, or None; a damaged one (written atomically, so damaged from outside) counts
+    as no plan: the plan is made again, which gives the same one."""
     path = plan_marker(out)
-    return json.loads(fileio.read_bytes(path)) if fileio.exists(path) else None
+    if not fileio.exists(path):
+        return None
+    try:
+        plan = json.loads(fileio.read_bytes(path))
+        if isinstance(plan, dict) and {"shards", "stages", "largest_keys"} <= set(plan):
+            return plan
+    except ValueError:
+        pass
+    log.warning("%s is damaged: making the plan again", path)
+    return None
 
 
 def write_stats(out: str, plan: Mapping, stages: Mapping[str, int], largest_keys: Mapping[str, dict],

@@ -334,3 +334,43 @@ def test_a_damaged_input_file_is_named_and_the_job_goes_on(built, tmp_path):
     assert "damaged input files: 1, each read up to the damage" in summary(stats, str(tmp_path / "out"))
     with pytest.raises(CandidateFileError, match=f"cut.jsonl.gz: damaged at row {read}"):
         run_build(replace(opts, out=str(tmp_path / "strict"), strict=True), BEAM)
+
+
+def test_one_build_at_a_time_writes_into_a_folder_and_a_killed_one_leaves_no_lock(built, tmp_path):
+    import subprocess
+    import sys
+
+    from wit.errors import FolderBusy
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from wit.fileio import folder_lock\n"
+                               f"with folder_lock({str(out)!r}, 'wit build'):\n"
+                               "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderBusy, match=rf"out is in use by another wit build \(pid {holder.pid} on "):
+            run_build(replace(_opts(built["inputs"], out), plan_only=True), BEAM)
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs; the system drops the lock
+        holder.wait()
+    assert run_build(replace(_opts(built["inputs"], out), plan_only=True), BEAM)["shards"] > 0
+
+
+def test_a_damaged_build_marker_is_named(built, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_build.json").write_text("")
+    with pytest.raises(BuildError, match=r"_build.json: not a build marker \(Expecting value"):
+        run_build(replace(_opts(built["inputs"], out), plan_only=True), BEAM)
+
+
+def test_a_refused_file_in_a_stage_is_one_line_naming_it(built, tmp_path, monkeypatch):
+    from pipelines import runstats
+
+    def refused(*_args, **_kw):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "out" / "query_counts.tsv"))
+
+    monkeypatch.setattr(runstats, "_write_details", refused)
+    with pytest.raises(BuildError) as e:
+        run_build(replace(_opts(built["inputs"], tmp_path / "out"), plan_only=True), BEAM)
+    assert str(e.value) == f"{tmp_path / 'out' / 'query_counts.tsv'}: Permission denied"

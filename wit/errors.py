@@ -11,3 +11,7 @@ class WitError(Exception):
 
 class InputError(WitError):
     """An input (file, folder, glob) that cannot be used as given."""
+
+
+class FolderBusy(WitError):
+    """Another process is writing into the same folder."""

@@ -7,7 +7,12 @@ under a final name, so a rerun can trust what it finds.
 
 from __future__ import annotations
 
+import json
+import os
 import posixpath
+import socket
+import threading
+import time
 import uuid
 from contextlib import contextmanager
 from typing import BinaryIO, Iterator, Sequence
@@ -15,7 +20,7 @@ from typing import BinaryIO, Iterator, Sequence
 from apache_beam.io.filesystem import CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
-from wit.errors import InputError
+from wit.errors import FolderBusy, InputError
 
 
 def join(base: str, *parts: str) -> str:
@@ -99,3 +104,75 @@ def match_files(patterns: Sequence[str], what: str, error: type[Exception] = Inp
             raise error(f"{what} {pattern}: no file matches")
         found.update((m.path, m) for m in metadata)
     return [found[path] for path in sorted(found)]
+
+
+LOCK_NAME = ".wit-lock"
+LEASE_RENEW, LEASE_EXPIRES = 60.0, 600.0  # seconds, for folders on filesystems without locks
+
+
+def _owner() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                        time.gmtime())}
+
+
+@contextmanager
+def folder_lock(folder: str, what: str) -> Iterator[None]:
+    """One `what` at a time writes into `folder`; a second is refused at once with FolderBusy.
+
+    A local folder is locked with flock on FOLDER/.wit-lock, which the system releases when the process
+    ends however it ends, so a crashed run leaves nothing stuck. Object stores (gs://, s3://) have no
+    locks: the lock is a lease file renewed every minute and taken over once ten minutes old; two runs
+    started in the same second can both take it, so there it guards against the common mistake only.
+    """
+    if "://" not in folder:
+        import fcntl
+
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, LOCK_NAME)
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                raise FolderBusy(f"{folder} is in use by another {what} ({_holder(f.read())}); wait for it to "
+                                 f"end or use another folder") from None
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(_owner()))
+            f.flush()
+            yield
+        return
+    path = join(folder, LOCK_NAME)
+    me = dict(_owner(), token=uuid.uuid4().hex)
+    if exists(path):
+        try:
+            held = json.loads(read_bytes(path))
+            fresh = time.time() - float(held.get("renewed", 0)) < LEASE_EXPIRES
+        except (ValueError, TypeError, AttributeError):
+            fresh = False
+        if fresh:
+            raise FolderBusy(f"{folder} is in use by another {what} ({_holder(json.dumps(held))}); wait for it "
+                             f"to end, or for its lease ({path}) to be {LEASE_EXPIRES / 60:.0f} minutes old")
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(LEASE_RENEW):
+            write_bytes(path, json.dumps(dict(me, renewed=time.time())).encode())
+
+    write_bytes(path, json.dumps(dict(me, renewed=time.time())).encode())
+    renewer = threading.Thread(target=renew, name="wit-lease", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        delete_if_exists(path)
+
+
+def _holder(text: str) -> str:
+    try:
+        held = json.loads(text)
+        return f"pid {held['pid']} on {held['host']}, since {held['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "owner unknown"
