@@ -374,3 +374,22 @@ def test_a_refused_file_in_a_stage_is_one_line_naming_it(built, tmp_path, monkey
     with pytest.raises(BuildError) as e:
         run_build(replace(_opts(built["inputs"], tmp_path / "out"), plan_only=True), BEAM)
     assert str(e.value) == f"{tmp_path / 'out' / 'query_counts.tsv'}: Permission denied"
+
+
+def test_hostile_rows_cost_their_row_and_the_job_runs_on(built, tmp_path):
+    import json as _json
+
+    rows = [{"url": "http://[::1/a.jpg", "caption": "red circle"},
+            {"url": "http://exa\uff03mple.com/a.jpg", "caption": "red circle"},
+            {"url": "http://a.example/b.jpg", "caption": "red \ud800 circle"},
+            {"url": 42, "caption": "red circle"}]
+    lines = [_json.dumps(r) for r in rows] + ["[" * 100_000 + "]" * 100_000]
+    hostile = tmp_path / "hostile.jsonl"
+    hostile.write_text("\n".join(lines) + "\n")
+    big = tmp_path / "big.csv"
+    big.write_text(f'url,caption\nhttp://a.example/c.jpg,"{"z" * 200_000}"\n')
+    opts = replace(_opts(built["inputs"], tmp_path / "out"), plan_only=True,
+                   candidates=(str(built["inputs"] / "*.parquet"), str(hostile), str(big)))
+    stats = run_build(opts, BEAM)
+    assert stats["stages"]["rejected_rows"] == 6
+    assert stats["stages"]["selected"] == built["stats"]["stages"]["selected"]
