@@ -14,6 +14,7 @@ REQUIRED = {
     ("synthweb",): (["--out", "o"], dict(out="o")),
     ("report",): (["d"], dict(dir="d")),
     ("queries", "build"): (["--out", "o"], dict(out="o")),
+    ("queries", "download"): (["--out", "o"], dict(out="o")),
     ("tokenizer", "train"): (["--shards", "s", "--out", "t"], dict(shards=("s",), out="t")),
     ("train",): (["--shards", "s", "--out", "o"], dict(shards=("s",), out="o")),
     ("eval",): (["--checkpoint", "c", "--shards", "s"], dict(checkpoint="c", shards=("s",))),

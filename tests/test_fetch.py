@@ -74,5 +74,5 @@ def test_malformed_urls_are_a_status_and_cost_the_shard_nothing(web_server):
     got = download_shard(samples, FAST, ResizeOptions(image_size=32), threads=4)
     for s in got[:-1]:
         assert s.status == "failed_to_download" and s.error_kind is ErrorKind.INVALID_URL, s
-        assert s.error_message.startswith("invalid URL"), s
+        assert s.error_message.startswith(("invalid URL", "invalid port '99999'")), s
     assert got[-1].status == "success"
