@@ -1,12 +1,19 @@
-"""Decoding and resizing downloaded images with Pillow, img2dataset-style.
+"""Decoding and resizing downloaded images with Pillow, as img2dataset does with OpenCV.
 
-Resize modes and defaults follow img2dataset (`--resize-mode border`,
-`--image-size 256`, JPEG quality 95) so its users get the images they expect:
+Resize modes and defaults follow img2dataset 1.47 (`--resize-mode border`,
+`--image-size 256`, JPEG quality 95), rule for rule, so its users get the
+images they expect:
   no                  keep the decoded image as it is
   keep_ratio          smaller side -> image_size
   keep_ratio_largest  larger side -> image_size
   center_crop         smaller side -> image_size, then a centred square crop
-  border              larger side -> image_size, then black padding to a square
+  border              larger side -> image_size, then white padding to a square
+Sizes are rounded as albumentations rounds them (Python's round); with
+`resize_only_if_bigger` an image whose deciding side is not over image_size is
+left as it is, uncropped and unpadded. EXIF orientation is not applied
+(OpenCV's IMREAD_UNCHANGED ignores it: the stored image and its original size
+are as coded); greyscale stays one channel; transparency is matted on white.
+`apply_exif_orientation` and `rgb` give wit's other choices.
 JPEGs are decoded at a reduced scale (`Image.draft`) when far larger than the
 target: the biggest single saving in a resize-bound job.
 """
@@ -49,6 +56,9 @@ class ResizeOptions(Options):
                                            "decoded over the whole image, so a small file of a thousand "
                                            "repeated scans costs a minute of CPU (libjpeg-turbo's scan limit)")
     min_image_size: int = option(0, help="refuse images whose shorter side is smaller")
+    apply_exif_orientation: bool = option(False, help="rotate images as their EXIF orientation tag says, and report "
+                                                      "the size as shown (img2dataset stores them as coded)")
+    rgb: bool = option(False, help="store greyscale images as RGB (img2dataset keeps them one channel)")
 
     def check(self) -> None:
         if self.image_size < 1:
@@ -91,14 +101,22 @@ def _draft_size(ow: int, oh: int, tw: int, th: int) -> tuple[int, int]:
     return max(1, round(ow * scale)), max(1, round(oh * scale))
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
+GREY_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def _stored_mode(img: Image.Image, rgb: bool) -> Image.Image:
+    """RGB, or L for greyscale (unless `rgb`); transparency matted on white, as img2dataset does."""
+    if img.mode == "RGB" or img.mode == "L" and not rgb:
         return img
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
+    if img.mode in GREY_MODES and not rgb:
+        if img.mode.startswith("I") or img.mode == "F":  # 16-bit and float greyscale: to 8 bits, as libpng's strip
+            return img.point(lambda v: v / 256).convert("L") if img.mode.startswith("I;16") else img.convert("L")
+        return img.convert("L")
     return img.convert("RGB")
 
 
@@ -141,11 +159,12 @@ def resize_image(data: bytes, opts: ResizeOptions) -> Resized:
         raise ResizeError(ErrorKind.TOO_LARGE, f"image over the cap of {opts.max_pixels} pixels: {ow}x{oh}")
     if min(ow, oh) < opts.min_image_size:
         raise ResizeError(ErrorKind.TOO_SMALL, f"image {ow}x{oh} is smaller than {opts.min_image_size}")
-    try:
-        if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
-            ow, oh = oh, ow  # shown rotated by 90 degrees: report the size as displayed
-    except Exception:
-        pass  # unreadable EXIF is not a reason to lose the image
+    if opts.apply_exif_orientation:
+        try:
+            if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
+                ow, oh = oh, ow  # shown rotated by 90 degrees: report the size as displayed
+        except Exception:
+            pass  # unreadable EXIF is not a reason to lose the image
     tw, th = _target(ow, oh, opts)
     # Decode no smaller than HASH_INPUT_MIN on the short side: the perceptual hash drifts several
     # bits when computed from a heavily reduced decode (128 keeps re-encoded variants within
@@ -155,7 +174,9 @@ def resize_image(data: bytes, opts: ResizeOptions) -> Resized:
         img.draft("RGB", (dw, dh) if (ow, oh) == img.size else (dh, dw))
     try:
         img.load()
-        img = _to_rgb(ImageOps.exif_transpose(img))
+        if opts.apply_exif_orientation:
+            img = ImageOps.exif_transpose(img)
+        img = _stored_mode(img, opts.rgb)
     except Exception as e:
         raise ResizeError(ErrorKind.DECODE, f"cannot decode image: {type(e).__name__}: {e}") from e
     decoded = img
@@ -169,12 +190,12 @@ def resize_image(data: bytes, opts: ResizeOptions) -> Resized:
     # (cheaper to shrink) unless that fell below HASH_INPUT_MIN.
     source = img if min(img.size) >= HASH_INPUT_MIN else decoded
     phash = int(str(imagehash.phash(source.resize((32, 32), Image.Resampling.BOX))), 16)
-    if opts.resize_mode == "center_crop":
-        s = opts.image_size if min(tw, th) >= opts.image_size else min(tw, th)
+    if opts.resize_mode == "center_crop" and min(tw, th) >= opts.image_size:  # else: left as is (only-if-bigger)
+        s = opts.image_size
         left, top = (tw - s) // 2, (th - s) // 2
         img = img.crop((left, top, left + s, top + s))
     elif opts.resize_mode == "border" and max(tw, th) >= opts.image_size:
-        canvas = Image.new("RGB", (opts.image_size, opts.image_size), (0, 0, 0))
+        canvas = Image.new(img.mode, (opts.image_size, opts.image_size), 255 if img.mode == "L" else (255, 255, 255))
         canvas.paste(img, ((opts.image_size - tw) // 2, (opts.image_size - th) // 2))
         img = canvas
     out = io.BytesIO()

@@ -33,15 +33,72 @@ def test_transparent_png_becomes_rgb_on_white():
     assert Image.open(io.BytesIO(r.jpeg)).getpixel((16, 16)) == pytest.approx((255, 255, 255), abs=3)
 
 
-def test_exif_rotation_is_applied():
+def _exif_rotated() -> bytes:
     img = Image.new("RGB", (300, 100), (10, 200, 10))
     exif = img.getexif()
     exif[0x0112] = 6  # rotate 90 degrees when shown
     out = io.BytesIO()
     img.save(out, format="JPEG", exif=exif)
-    r = resize_image(out.getvalue(), ResizeOptions(image_size=50, resize_mode="keep_ratio_largest"))
+    return out.getvalue()
+
+
+def test_exif_orientation_is_left_as_coded_as_img2dataset_does():
+    r = resize_image(_exif_rotated(), ResizeOptions(image_size=50, resize_mode="keep_ratio_largest"))
+    assert (r.original_width, r.original_height) == (300, 100) and (r.width, r.height) == (50, 17)
+
+
+def test_exif_orientation_applied_on_request():
+    opts = ResizeOptions(image_size=50, resize_mode="keep_ratio_largest", apply_exif_orientation=True)
+    r = resize_image(_exif_rotated(), opts)
     assert (r.original_width, r.original_height) == (100, 300)
     assert (r.width, r.height) == (17, 50)
+
+
+def test_border_pads_white_and_centres_as_albumentations_does():
+    r = resize_image(_img(400, 200), ResizeOptions(image_size=64, resize_mode="border"))
+    out = Image.open(io.BytesIO(r.jpeg))
+    assert out.size == (64, 64)
+    assert out.getpixel((32, 2)) == pytest.approx((255, 255, 255), abs=3)  # the band above the image
+    assert out.getpixel((32, 61)) == pytest.approx((255, 255, 255), abs=3)  # and below it
+    assert out.getpixel((32, 32)) == pytest.approx((200, 30, 30), abs=6)
+
+
+def test_greyscale_stays_one_channel_unless_rgb_is_asked_for():
+    out = io.BytesIO()
+    Image.new("L", (120, 80), 90).save(out, format="PNG")
+    r = resize_image(out.getvalue(), ResizeOptions(image_size=64, resize_mode="border"))
+    stored = Image.open(io.BytesIO(r.jpeg))
+    assert stored.mode == "L" and stored.getpixel((32, 32)) == pytest.approx(90, abs=2)
+    assert stored.getpixel((32, 1)) == pytest.approx(255, abs=2)  # white border in one channel
+    r = resize_image(out.getvalue(), ResizeOptions(image_size=64, rgb=True))
+    assert Image.open(io.BytesIO(r.jpeg)).mode == "RGB"
+
+
+@pytest.mark.parametrize("mode,expected", [("LA", "RGB"), ("P", "RGB"), ("1", "L"), ("RGBA", "RGB")])
+def test_other_modes_as_img2dataset_stores_them(mode, expected):
+    out = io.BytesIO()
+    Image.new(mode, (40, 30)).save(out, format="PNG")
+    assert Image.open(io.BytesIO(resize_image(out.getvalue(), ResizeOptions(image_size=32)).jpeg)).mode == expected
+
+
+def test_center_crop_leaves_a_small_image_whole_when_only_enlarging_is_refused():
+    opts = ResizeOptions(image_size=64, resize_mode="center_crop", resize_only_if_bigger=True)
+    r = resize_image(_img(50, 30), opts)
+    assert (r.width, r.height) == (50, 30)  # img2dataset neither scales nor crops it
+    r = resize_image(_img(200, 100), opts)
+    assert (r.width, r.height) == (64, 64)
+
+
+@pytest.mark.parametrize("w,h,mode,size", [
+    (333, 100, "keep_ratio", (213, 64)),  # 333 * 0.64 = 213.12
+    (250, 100, "keep_ratio", (160, 64)),
+    (101, 200, "keep_ratio_largest", (32, 64)),  # 101 * 0.32 = 32.32
+    (125, 200, "keep_ratio_largest", (40, 64)),
+    (75, 200, "keep_ratio_largest", (24, 64)),  # 24.0
+])
+def test_sizes_round_as_albumentations_rounds(w, h, mode, size):
+    r = resize_image(_img(w, h), ResizeOptions(image_size=64, resize_mode=mode))
+    assert (r.width, r.height) == size
 
 
 def test_bad_images_raise_resize_error():
