@@ -37,7 +37,7 @@ from pipelines.match import MatchQueries, read_queries
 from pipelines.order import AssignShards, ReadPlan, buckets_for
 from pipelines.resize import ResizeOptions
 from pipelines.runstats import RunDetails, read_plan_marker, unproven_queries, write_plan_marker, write_stats
-from pipelines.shards import WriteShards
+from pipelines.shards import WriteShards, write_sizes
 from pipelines.textdedup import CaptionDedup
 from pipelines.urldedup import DedupUrls, partitions_for
 from wit import fileio, shardformat
@@ -157,7 +157,9 @@ def fetch_pipeline(p: beam.Pipeline, shards: int, opts: BuildOptions, finished: 
     refs = sorted_refs(refs)
     found = images | "ImageDedup" >> ImageDedup(opts.near_dup_threshold, shards * opts.shard_size, refs,
                                                 opts.max_group_size)
-    _ = (shard_numbers, found) | "WriteShards" >> WriteShards(opts.out, finished, refs)
+    written = (shard_numbers, found) | "WriteShards" >> WriteShards(opts.out, finished, refs)
+    _ = p | "SizesTrigger" >> beam.Create([None]) | "WriteSizes" >> beam.Map(write_sizes, opts.out,
+                                                                              beam.pvalue.AsList(written))
 
 
 # ---------------------------------------------------------------- driver

@@ -17,7 +17,7 @@ import apache_beam as beam
 from pipelines.imagededup import EvalImage, Verdict, shard_verdicts
 from pipelines.stages import counter, eval_set_counter, key_sizes
 from wit import fileio, shardformat
-from wit.shardformat import STATUSES, Sample
+from wit.shardformat import STATUSES, Sample, Status
 
 
 def apply_verdicts(samples: Iterable[Sample], verdicts: Mapping[str, Verdict]) -> list[Sample]:
@@ -32,9 +32,12 @@ def apply_verdicts(samples: Iterable[Sample], verdicts: Mapping[str, Verdict]) -
     return out
 
 
+SIZES = "sizes.json"
+
+
 class WriteShards(beam.PTransform):
-    """(every shard number, what the image dedup stage found per shard) in; the numbers of the written shards
-    out. `refs` are the evaluation images the stage was given, to name them."""
+    """(every shard number, what the image dedup stage found per shard) in; (shard, samples in it) out for
+    every shard, written now or before. `refs` are the evaluation images the stage was given, to name them."""
 
     def __init__(self, out: str, finished: frozenset[int], refs: Sequence[EvalImage] = ()):
         super().__init__()
@@ -81,4 +84,11 @@ class WriteShard(beam.DoFn):
             fileio.delete_if_exists(p["staging"])
         for status, c in self.statuses.items():
             c.inc(shardformat.status_count(stats, status))
-        yield shard
+        yield shard, shardformat.status_count(stats, Status.SUCCESS)
+
+
+def write_sizes(_, out: str, counts: Sequence[tuple[int, int]]) -> None:
+    """DIR/shards/sizes.json, OpenCLIP's `{"00000.tar": samples, ...}`: its trainer then needs no
+    --train-num-samples (it sums the sizes of the shards it is given)."""
+    sizes = {f"{shardformat.shard_name(shard)}.tar": n for shard, n in sorted(counts)}
+    fileio.write_bytes(fileio.join(out, "shards", SIZES), json.dumps(sizes, indent=0).encode() + b"\n")

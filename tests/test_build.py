@@ -151,6 +151,20 @@ def test_tar_samples_have_all_parts_and_a_parquet_row(built):
         assert 0 < len(rows) <= SHARD
 
 
+def test_sizes_json_counts_each_tar_as_open_clip_reads_it(built):
+    """open_clip_train's get_dataset_size: sum(sizes[basename(shard)]) over the shards it is given."""
+    import json
+
+    out = built["root"] / "a" / "shards"
+    sizes = json.loads((out / "sizes.json").read_text())
+    tars = sorted(p.name for p in out.glob("*.tar"))
+    assert sorted(sizes) == tars
+    for name in tars:
+        with tarfile.open(out / name) as tar:
+            assert sizes[name] == sum(n.endswith(".jpg") for n in tar.getnames()), name
+    assert sum(sizes.values()) == built["stats"]["stages"]["success"]
+
+
 def test_same_seed_same_bytes_other_seed_other_selection(built):
     root = built["root"]
     run_build(_opts(built["inputs"], root / "b"), BEAM)
@@ -178,7 +192,7 @@ def test_rerun_after_deleting_a_shard_rewrites_only_that_shard(built):
     for name, st in before.items():
         now = os.stat(shard_dir / name)
         assert (shard_dir / name).read_bytes() == (root / "a" / "shards" / name).read_bytes(), name
-        if not name.startswith("00001"):
+        if not name.startswith("00001") and name != "sizes.json":  # sizes.json: rewritten, the same bytes
             assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns), name
     assert not glob.glob(f"{out}/_staging/*") and not glob.glob(f"{shard_dir}/.*")
     assert stats["stages"]["success"] == built["stats"]["stages"]["success"]

@@ -81,6 +81,9 @@ def test_status_dict_lists_a_bounded_number_of_messages(tmp_path):
     samples = [Sample(key=f"{i:06d}", uid=str(i), url=f"http://x/{i}", caption="c", status=Status.FAILED_TO_DOWNLOAD,
                       error_message=f"odd failure {i % (shards.MAX_MESSAGES + 50)}", error_kind=ErrorKind.OTHER)
                for i in range(2 * (shards.MAX_MESSAGES + 50))]
-    stats = shards.shard_stats(0, samples)
-    assert len(stats["status_dict"]) == shards.MAX_MESSAGES + 1
-    assert stats["status_dict"][shards.OTHER_MESSAGES] == 100 and sum(stats["status_dict"].values()) == len(samples)
+    ok = [Sample(key="x", uid="y", url="http://x/ok", caption="c")] * 3
+    stats = shards.shard_stats(0, samples + ok)
+    assert len(stats["status_dict"]) == shards.MAX_MESSAGES + 2  # the messages kept, the rest, and success
+    assert stats["status_dict"]["success"] == 3  # img2dataset counts successes there too
+    assert stats["status_dict"][shards.OTHER_MESSAGES] == 100
+    assert sum(stats["status_dict"].values()) == len(samples) + 3

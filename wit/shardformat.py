@@ -205,7 +205,7 @@ def shard_stats(shard: int, samples: Iterable[Sample]) -> dict:
         errors = Counter(kept)
     stats = {"shard": shard_name(shard), "count": len(samples), "successes": status[Status.SUCCESS]}
     stats.update({s.value: status[s] for s in STATUSES if s is not Status.SUCCESS})
-    stats["status_dict"] = dict(sorted(errors.items()))
+    stats["status_dict"] = {"success": status[Status.SUCCESS], **dict(sorted(errors.items()))}  # as img2dataset
     return stats
 
 
