@@ -14,6 +14,7 @@ same job runs on the local FnApiRunner, Dataflow and Spark.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -36,6 +37,7 @@ from pipelines.imagededup import EvalImage, ImageDedup, sorted_refs
 from pipelines.match import MatchQueries, read_queries
 from pipelines.order import AssignShards, ReadPlan, buckets_for
 from pipelines.resize import ResizeOptions
+from pipelines.progress import DownloadProgress
 from pipelines.runstats import RunDetails, read_plan_marker, unproven_queries, write_plan_marker, write_stats
 from pipelines.shards import WriteShards, write_sizes
 from pipelines.textdedup import CaptionDedup
@@ -77,6 +79,8 @@ class BuildOptions(Options):
     plan_only: bool = option(False, help="stop after the plan: DIR/plan (the selected pairs by shard, a URL "
                                          "list img2dataset takes), the per-query counts and stats.json; a later "
                                          "build into DIR downloads this plan")
+    progress: bool = option(True, help="show the download's progress: shards done, images/s, share fetched, "
+                                       "ETA (a bar on a terminal, a line a minute otherwise)")
     max_group_size: int = option(MAX_GROUP, help="values of one key a worker groups; keys with more are "
                                                  "resolved without grouping (same result)")
     resize: ResizeOptions = option(default_factory=ResizeOptions, help="images")
@@ -107,7 +111,7 @@ class BuildOptions(Options):
         d = asdict(self)
         images = sorted((r.source, r.key, r.phash) for r in refs)
         d["exclude_near"] = hashlib.sha256(repr(images).encode()).hexdigest() if refs else None
-        for name in ("out", "threads", "plan_only", "max_group_size"):
+        for name in ("out", "threads", "plan_only", "max_group_size", "strict", "progress"):
             d.pop(name)
         d["fetch"] = {k: d["fetch"][k] for k in _FETCH_DECIDES}
         d["candidates"] = [list(f) for f in files]
@@ -288,7 +292,8 @@ def _build(opts: BuildOptions, files: list[tuple[str, int, float]], refs: Sequen
     finished = _finished_shards(opts.out)
     if finished:
         log.info("%d finished shard(s) in %s are kept", len(finished), opts.out)
-    counts, keys, eval_sets = _run(fetch_pipeline, beam_args, plan["shards"], opts, finished, refs)
+    with DownloadProgress(opts.out, plan["shards"], finished) if opts.progress else contextlib.nullcontext():
+        counts, keys, eval_sets = _run(fetch_pipeline, beam_args, plan["shards"], opts, finished, refs)
     stats = write_stats(opts.out, plan, counts, keys, eval_sets, opts.per_query_cap, opts.seed)
     problems = stages.unbalanced(stats["stages"])
     if problems:  # a stage that drops pairs without counting them: a bug, but the shards are fine
