@@ -87,7 +87,8 @@ def test_train_and_eval_commands(shard_dir, tmp_path, capsys):
     zs = tmp_path / "zs"
     write_classification_set(str(zs), [f"{c.colour} {c.shape}" for c in concepts], ["a {c}", "a photo of a {c}."],
                              samples, shard_size=10)
-    assert len(list(zs.glob("*.tar"))) == 2
+    assert sorted(p.name for p in (zs / "test").glob("*.tar")) == ["0.tar", "1.tar"]  # clip_benchmark's layout
+    assert (zs / "test" / "nshards.txt").read_text() == "2\n"
 
     out = tmp_path / "run"
     code = main(["train", "--shards", str(shard_dir / "00000.tar"), "--out", str(out), "--model", "tiny-rn",
@@ -95,13 +96,14 @@ def test_train_and_eval_commands(shard_dir, tmp_path, capsys):
                  "--no-progress", "--val-shards", str(shard_dir / "00001.tar"), "--zeroshot", str(zs)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "trained 2 steps" in printed and "retrieval on 16 held-out pairs" in printed and "4 classes" in printed
+    assert "trained 2 steps" in printed and "retrieval on 16 held-out images" in printed and "4 classes" in printed
     assert (out / "tokenizer.json").exists() and list((out / "tensorboard").iterdir())
 
     code = main(["eval", "--checkpoint", str(out), "--zeroshot", str(zs), "--json", str(tmp_path / "r.json")])
     assert code == 0
     results = json.loads((tmp_path / "r.json").read_text())
     assert results["zeroshot/zs"]["n"] == 16 and results["zeroshot/zs"]["chance"] == 0.25
+    assert 0 <= results["zeroshot/zs"]["mean_per_class_recall"] <= 1
 
     assert main(["eval", "--checkpoint", str(tmp_path / "nothing-here"), "--zeroshot", str(zs)]) == 2
     assert "no checkpoints/latest" in capsys.readouterr().err

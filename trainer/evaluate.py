@@ -1,11 +1,15 @@
-"""Zero-shot classification and image-text retrieval, from shards.
+"""Zero-shot classification and image-text retrieval, from shards, scored as clip_benchmark scores them.
 
-Classification sets use the clip_benchmark webdataset layout: a directory with
-`classnames.txt` (one class per line), `zeroshot_classification_templates.txt`
-(one prompt per line, `{c}` where the class name goes) and tar shards (in the
-directory or its `test/`) whose samples hold an image and `cls` (the class
-index). Retrieval reads held-out shards of the training format, one caption per
-image, and reports recall@1/5/10 in both directions.
+Sets use clip_benchmark's webdataset layout, which `write_classification_set`
+writes too: a directory with `classnames.txt` (one class per line),
+`zeroshot_classification_templates.txt` (one prompt per line, `{c}` where the
+class name goes) and `test/0.tar, 1.tar, ...` with `test/nshards.txt`, whose
+samples hold an image and `cls` (the class index); wit's own flat layout (tars
+in the directory) is read as well. Retrieval reads held-out shards of the
+training format or a clip_benchmark retrieval set (`dataset_type.txt` says
+`retrieval`), whose `txt` holds one caption per line: every caption is a text
+query for its image, and an image is found when any of its captions ranks in
+the top k, as clip_benchmark's `zeroshot_retrieval` counts it.
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ TEMPLATES = "zeroshot_classification_templates.txt"
 @dataclass(frozen=True)
 class EvalOptions(Options):
     checkpoint: str = option(help="a .pt checkpoint or a `wit train --out` directory")
-    shards: tuple[str, ...] = option((), help="held-out image-caption shards for retrieval")
-    zeroshot: tuple[str, ...] = option((), help="classification set directory (clip_benchmark's layout)")
+    shards: tuple[str, ...] = option((), help="held-out image-caption shards for retrieval (glob or folder), or a "
+                                              "clip_benchmark retrieval set folder (several captions per image)")
+    zeroshot: tuple[str, ...] = option((), help="classification set folder (clip_benchmark's layout); results are "
+                                                "named by folder, by path where two folders share a name")
     batch_size: int = option(256, help="images per forward pass")
     device: Optional[str] = option(None, help="default cuda if available, else cpu")
     json: Optional[str] = option(None, help="also write the results here as JSON")
@@ -67,13 +73,21 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def _decoded(samples: Iterable[dict], image_size: int, field: str, errors: list) -> Iterator[tuple[np.ndarray, str]]:
+def _decoded(samples: Iterable[dict], image_size: int, field: str, errors: list) -> Iterator[tuple[np.ndarray, object]]:
     for sample in samples:
         try:
-            value = data.caption(sample) if field == "txt" else _label(sample)
+            value = _captions(sample) if field == "txt" else _label(sample)
             yield data.square_crop(data.open_image(data.image_bytes(sample)), image_size), value
         except data.CorruptSample as e:
             errors.append(e)
+
+
+def _captions(sample: dict) -> list[str]:
+    """An image's captions: one per line of its txt (clip_benchmark's retrieval sets hold several)."""
+    found = [line.strip() for line in data.caption(sample).splitlines() if line.strip()]
+    if not found:
+        raise data.CorruptSample(f"{sample.get('__url__')}: sample {sample.get('__key__')} has an empty caption")
+    return found
 
 
 def _label(sample: dict) -> int:
@@ -93,29 +107,59 @@ def _image_features(model: CLIP, arrays: list[np.ndarray], device: torch.device)
 def retrieval(model: CLIP, tok: Tokenizer, shards: Sequence[str], device: torch.device, batch_size: int = 256) -> dict:
     model.eval()
     errors: list = []
-    image_feats, text_feats = [], []
+    image_feats, text_feats, owner = [], [], []
+    images = 0
     for batch in _batches(_decoded(_eval_samples(shards, errors), model.config.vision.image_size, "txt", errors),
                           batch_size):
         image_feats.append(_image_features(model, [b[0] for b in batch], device))
-        text_feats.append(model.encode_text(tok([b[1] for b in batch]).to(device)).float())
+        texts = [(images + i, caption) for i, b in enumerate(batch) for caption in b[1]]
+        for part in _batches(texts, batch_size):
+            text_feats.append(model.encode_text(tok([t for _, t in part]).to(device)).float())
+            owner += [i for i, _ in part]
+        images += len(batch)
     if not image_feats:
         raise InputError(f"no readable image-caption samples in {', '.join(shards)}")
-    metrics = recall_at_k(torch.cat(image_feats), torch.cat(text_feats))
-    metrics.update(n=sum(len(f) for f in image_feats), skipped=len(errors))
+    metrics = recall_at_k(torch.cat(image_feats), torch.cat(text_feats),
+                          owner=torch.tensor(owner, device=device))
+    metrics.update(n=images, texts=len(owner), skipped=len(errors))
     return metrics
 
 
-def recall_at_k(image_feats: torch.Tensor, text_feats: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict:
-    """Pair i is image i with text i; R@k is the share of queries whose match ranks in the top k."""
-    sims = image_feats @ text_feats.T
-    truth = torch.arange(len(sims), device=sims.device)
+def recall_at_k(image_feats: torch.Tensor, text_feats: torch.Tensor, ks: Sequence[int] = (1, 5, 10),
+                owner: Optional[torch.Tensor] = None) -> dict:
+    """Text t describes image owner[t] (default: text i describes image i). text_to_image R@k: the share of
+    texts whose image ranks in the top k; image_to_text R@k: the share of images with any of their texts
+    in the top k (clip_benchmark's image_retrieval_recall@k and text_retrieval_recall@k). A rank counts
+    the candidates scoring strictly higher."""
+    owner = torch.arange(len(text_feats), device=text_feats.device) if owner is None else owner
+    sims = text_feats @ image_feats.T  # texts x images
+    texts = torch.arange(len(sims), device=sims.device)
+    true = sims[texts, owner]
+    text_rank = (sims > true[:, None]).sum(dim=1)  # each text's image among all images
+    # each text among all texts for its image; an image's best text decides
+    image_rank = (sims.T[owner] > true[:, None]).sum(dim=1)
+    best = torch.full((len(image_feats),), len(sims), device=sims.device, dtype=image_rank.dtype)
+    best = best.scatter_reduce(0, owner, image_rank, reduce="amin")
     out = {}
-    for name, s in (("image_to_text", sims), ("text_to_image", sims.T)):
-        # rank of the true match = number of candidates scoring strictly higher
-        rank = (s > s[truth, truth][:, None]).sum(dim=1)
-        for k in ks:
-            out[f"{name}_R@{k}"] = (rank < k).float().mean().item()
+    for k in ks:
+        out[f"image_to_text_R@{k}"] = (best < k).float().mean().item()
+    for k in ks:
+        out[f"text_to_image_R@{k}"] = (text_rank < k).float().mean().item()
     return out
+
+
+def _set_shards(directory: str) -> list[str]:
+    """clip_benchmark's `test/0.tar .. test/{nshards-1}.tar`, or the tars of the directory or its test/."""
+    nshards = fileio.join(directory, "test", "nshards.txt")
+    if fileio.exists(nshards):
+        text = fileio.read_bytes(nshards).decode().strip()
+        if not text.isdigit():
+            raise InputError(f"{nshards}: not a number of shards ({text[:40]!r})")
+        return [fileio.join(directory, "test", f"{i}.tar") for i in range(int(text))]
+    try:
+        return data.list_shards([fileio.join(directory, "*.tar")])
+    except InputError:
+        return data.list_shards([fileio.join(directory, "test", "*.tar")])
 
 
 def read_classification_set(directory: str) -> tuple[list[str], list[str], list[str]]:
@@ -129,11 +173,16 @@ def read_classification_set(directory: str) -> tuple[list[str], list[str], list[
     for t in templates:
         if "{c}" not in t and "{}" not in t:
             raise InputError(f"{directory}/{TEMPLATES}: template {t!r} has no {{c}} for the class name")
-    try:
-        shards = data.list_shards([fileio.join(directory, "*.tar")])
-    except InputError:
-        shards = data.list_shards([fileio.join(directory, "test", "*.tar")])
-    return classnames, templates, shards
+    return classnames, templates, _set_shards(directory)
+
+
+def retrieval_shards(path: str) -> list[str]:
+    """A clip_benchmark retrieval set's shards (a directory whose dataset_type.txt says retrieval), or the
+    shards a glob or directory names."""
+    kind = fileio.join(path, "dataset_type.txt")
+    if fileio.exists(kind) and fileio.read_bytes(kind).decode().strip().lower() == "retrieval":
+        return _set_shards(path)
+    return data.list_shards([path])
 
 
 @torch.no_grad()
@@ -155,6 +204,7 @@ def zeroshot(model: CLIP, tok: Tokenizer, directory: str, device: torch.device, 
     weights = zeroshot_weights(model, tok, classnames, templates, device)
     errors: list = []
     correct1 = correct5 = total = 0
+    per_class = np.zeros((len(classnames), 2), np.int64)  # (right at top-1, images) per class
     for batch in _batches(_decoded(_eval_samples(shards, errors), model.config.vision.image_size, "cls", errors),
                           batch_size):
         logits = _image_features(model, [b[0] for b in batch], device) @ weights
@@ -162,40 +212,53 @@ def zeroshot(model: CLIP, tok: Tokenizer, directory: str, device: torch.device, 
         if labels.max() >= len(classnames) or labels.min() < 0:
             raise InputError(f"{directory}: a cls value is outside 0..{len(classnames) - 1}")
         top = logits.topk(min(5, len(classnames)), dim=1).indices
-        correct1 += (top[:, 0] == labels).sum().item()
+        right = top[:, 0] == labels
+        correct1 += right.sum().item()
         correct5 += (top == labels[:, None]).any(dim=1).sum().item()
+        np.add.at(per_class, labels.cpu().numpy(), np.stack([right.cpu().numpy(), np.ones(len(batch), bool)], 1))
         total += len(batch)
     if total == 0:
         raise InputError(f"{directory}: no readable labelled images")
-    return {"top1": correct1 / total, "top5": correct5 / total, "n": total, "classes": len(classnames),
-            "chance": 1 / len(classnames), "skipped": len(errors)}
+    seen = per_class[:, 1] > 0
+    return {"top1": correct1 / total, "top5": correct5 / total,
+            "mean_per_class_recall": float((per_class[seen, 0] / per_class[seen, 1]).mean()),
+            "n": total, "classes": len(classnames), "chance": 1 / len(classnames), "skipped": len(errors)}
+
+
+def set_names(directories: Sequence[str]) -> list[str]:
+    """Each set's name in the results: its folder's name, or its path where two folders share a name."""
+    names = [os.path.basename(d.rstrip("/")) for d in directories]
+    return [d.rstrip("/") if names.count(n) > 1 else n for d, n in zip(directories, names)]
 
 
 def evaluate(model: CLIP, tok: Tokenizer, val_shards: Sequence[str], zeroshot_dirs: Sequence[str],
              device: torch.device, batch_size: int = 256) -> dict:
     results: dict = {}
     if val_shards:
-        results["retrieval"] = retrieval(model, tok, data.list_shards(val_shards), device, batch_size)
-    for directory in zeroshot_dirs:
-        results[f"zeroshot/{os.path.basename(directory.rstrip('/'))}"] = zeroshot(model, tok, directory, device,
-                                                                                 batch_size)
+        shards = [s for path in val_shards for s in retrieval_shards(path)]
+        results["retrieval"] = retrieval(model, tok, shards, device, batch_size)
+    for name, directory in zip(set_names(zeroshot_dirs), zeroshot_dirs):
+        results[f"zeroshot/{name}"] = zeroshot(model, tok, directory, device, batch_size)
     return results
 
 
 def write_classification_set(directory: str, classnames: Sequence[str], templates: Sequence[str],
-                             samples: Iterable[tuple[bytes, int]], shard_size: int = 1000,
+                             samples: Iterable[tuple[bytes, int]], shard_size: int = 10_000,
                              image_ext: str = "jpg") -> int:
-    """Writes a clip_benchmark-style set (used by the demo; handy for any labelled images)."""
+    """A set in clip_benchmark's webdataset layout (`wds_NAME`): classnames.txt, the templates,
+    test/0.tar .. and test/nshards.txt, keys `s0000000`. The demo writes its colour set this way."""
     fileio.write_bytes(fileio.join(directory, CLASSNAMES), ("\n".join(classnames) + "\n").encode())
     fileio.write_bytes(fileio.join(directory, TEMPLATES), ("\n".join(templates) + "\n").encode())
-    count = 0
+    count = shards = 0
     for shard, batch in enumerate(_batches(samples, shard_size)):
         members = []
         for image, label in batch:
-            members += [(f"{count:08d}.{image_ext}", image), (f"{count:08d}.cls", str(label).encode())]
+            members += [(f"s{count:07d}.{image_ext}", image), (f"s{count:07d}.cls", str(label).encode())]
             count += 1
-        with fileio.atomic_open(fileio.join(directory, f"{shard:05d}.tar")) as f:
+        with fileio.atomic_open(fileio.join(directory, "test", f"{shard}.tar")) as f:
             write_members(f, members)
+        shards = shard + 1
+    fileio.write_bytes(fileio.join(directory, "test", "nshards.txt"), f"{shards}\n".encode())
     return count
 
 
@@ -203,11 +266,13 @@ def format_results(results: dict) -> str:
     lines = []
     for name, m in results.items():
         if name == "retrieval":
-            lines.append(f"retrieval on {m['n']:,} held-out pairs: "
+            texts = f" ({m['texts']:,} captions)" if m.get("texts", m["n"]) != m["n"] else ""
+            lines.append(f"retrieval on {m['n']:,} held-out images{texts}: "
                          + ", ".join(f"{k} {v:.1%}" for k, v in m.items() if "_R@" in k))
         else:
-            lines.append(f"{name}: top-1 {m['top1']:.1%}, top-5 {m['top5']:.1%} over {m['n']:,} images, "
-                         f"{m['classes']} classes (chance {m['chance']:.1%})")
+            lines.append(f"{name}: top-1 {m['top1']:.1%}, top-5 {m['top5']:.1%}, mean per-class recall "
+                         f"{m['mean_per_class_recall']:.1%} over {m['n']:,} images, {m['classes']} classes "
+                         f"(chance {m['chance']:.1%})")
     return "\n".join(lines)
 
 
