@@ -38,7 +38,8 @@ from pipelines.match import MatchQueries, read_queries
 from pipelines.order import AssignShards, ReadPlan, buckets_for
 from pipelines.resize import ResizeOptions
 from pipelines.progress import DownloadProgress
-from pipelines.runstats import RunDetails, read_plan_marker, unproven_queries, write_plan_marker, write_stats
+from pipelines.runstats import (RunDetails, misbalanced_queries, read_plan_marker, unproven_queries,
+                                write_plan_marker, write_stats)
 from pipelines.shards import WriteShards, write_sizes
 from pipelines.textdedup import CaptionDedup
 from pipelines.urldedup import DedupUrls, partitions_for
@@ -147,7 +148,7 @@ def plan_pipeline(p: beam.Pipeline, files: Sequence[tuple[str, int]], opts: Buil
     selected, matched, unproven = kept | "Balance" >> Balance(opts.per_query_cap, opts.seed, whole)
     planned = selected | "AssignShards" >> AssignShards(opts.shard_size, opts.out, buckets_for(input_bytes))
     _ = (matched, selected, rejects, planned, unproven) | "RunDetails" >> RunDetails(
-        opts.queries, opts.out, opts.per_query_cap, opts.shard_size)
+        opts.queries, opts.out, opts.per_query_cap, opts.shard_size, whole)
 
 
 def fetch_pipeline(p: beam.Pipeline, shards: int, opts: BuildOptions, finished: frozenset[int],
@@ -256,6 +257,11 @@ def _make_plan(opts: BuildOptions, files: list[tuple[str, int]], beam_args: Sequ
         if problems:  # pairs lost or doubled on the way (a failed worker whose bundle the runner dropped)
             raise BuildError(f"the plan's counts do not add up ({'; '.join(problems)}): the runner lost or "
                              "repeated pairs, so this plan is not kept; run the build again")
+        wrong = misbalanced_queries(opts.out)
+        if wrong:  # the counts add up, but a selection is not its query's bottom-k: elements went missing
+            raise BuildError(f"the plan's selection is not exact (queries {', '.join(map(str, wrong[:5]))} do not "
+                             "select min(cap, matched) pairs): the runner lost elements, so this plan is not kept; "
+                             "run the build again")
         unproven = unproven_queries(opts.out)
         if not unproven:
             return write_plan_marker(opts.out, counts, keys)

@@ -68,9 +68,10 @@ class RunDetails(beam.PTransform):
     """Writes query_counts.tsv, the plan's index and the run's details from the per-query match counts, the
     selection, the rejected rows, the planned buckets (whose end it waits for) and the unproven queries."""
 
-    def __init__(self, queries: str, out: str, cap: int, shard_size: int):
+    def __init__(self, queries: str, out: str, cap: int, shard_size: int, whole: frozenset[int] = frozenset()):
         super().__init__()
         self.queries, self.out, self.cap, self.shard_size = queries, out, cap, shard_size
+        self.whole = whole
 
     def expand(self, inputs):
         matched, selected, rejects, planned, unproven = inputs
@@ -78,7 +79,7 @@ class RunDetails(beam.PTransform):
             matched.pipeline
             | "RunDetailsTrigger" >> beam.Create([None])
             | "WriteRunDetails" >> beam.Map(
-                _write_details, self.queries, self.out, self.cap, self.shard_size,
+                _write_details, self.queries, self.out, self.cap, self.shard_size, self.whole,
                 beam.pvalue.AsList(matched),
                 beam.pvalue.AsList(selected | "SelectedPerQuery" >> CountPerKey(_selecting_ids)),
                 beam.pvalue.AsSingleton(rejects | "RejectExamples" >> beam.combiners.Top.Of(
@@ -96,8 +97,18 @@ def _selecting_ids(batch: list) -> np.ndarray:
     return np.fromiter(chain.from_iterable(ids for _uid, _pair, ids in batch), np.int64)
 
 
-def _write_details(_, queries_path: str, out: str, cap: int, shard_size: int, matched, selected, rejects,
-                   damaged, buckets, unproven) -> None:
+def misbalanced(matched: Mapping[int, int], selected: Mapping[int, int], cap: int,
+                whole: frozenset[int] = frozenset(), unproven: Sequence[int] = ()) -> list[int]:
+    """Queries whose selection is not their bottom-k: each query selects exactly min(cap, matched) pairs
+    (all of them for a query in `whole`). A runner that loses elements of the selection, or of the cut-offs
+    it is made with, breaks this even where the stage counts still add up."""
+    skip = set(unproven)
+    return sorted(q for q in set(matched) | set(selected) if q not in skip and selected.get(q, 0) != (
+        matched.get(q, 0) if q in whole else min(cap, matched.get(q, 0))))
+
+
+def _write_details(_, queries_path: str, out: str, cap: int, shard_size: int, whole: frozenset[int], matched,
+                   selected, rejects, damaged, buckets, unproven) -> None:
     queries = read_queries(queries_path)
     matched, selected = dict(matched), dict(selected)
     lines = ["query_id\tquery\tmatched\tselected"]
@@ -112,6 +123,7 @@ def _write_details(_, queries_path: str, out: str, cap: int, shard_size: int, ma
         "rejected_examples": [str(r) for r in rejects if not r.damaged],
         "damaged_inputs": [str(r) for r in damaged],
         "unproven_queries": sorted(unproven),
+        "misbalanced_queries": misbalanced(matched, selected, cap, whole, unproven)[:20],
     }
     fileio.write_bytes(_details_path(out), json.dumps(details).encode())
 
@@ -121,10 +133,15 @@ def unproven_queries(out: str) -> list[int]:
     return json.loads(fileio.read_bytes(_details_path(out)))["unproven_queries"]
 
 
+def misbalanced_queries(out: str) -> list[int]:
+    """Up to 20 queries whose selection in the plan just made is not min(cap, matched) pairs."""
+    return json.loads(fileio.read_bytes(_details_path(out)))["misbalanced_queries"]
+
+
 def write_plan_marker(out: str, stages: Mapping[str, int], largest_keys: Mapping[str, dict]) -> dict:
     """DIR/plan/_plan.json: the plan is complete; it holds what the plan's stages counted."""
     plan = json.loads(fileio.read_bytes(_details_path(out)))
-    del plan["unproven_queries"]
+    del plan["unproven_queries"], plan["misbalanced_queries"]
     plan.update(stages=dict(stages), largest_keys=dict(largest_keys))
     fileio.write_bytes(plan_marker(out), json.dumps(plan, indent=1, ensure_ascii=False).encode() + b"\n")
     fileio.delete_if_exists(_details_path(out))

@@ -407,3 +407,29 @@ def test_hostile_rows_cost_their_row_and_the_job_runs_on(built, tmp_path):
     stats = run_build(opts, BEAM)
     assert stats["stages"]["rejected_rows"] == 6
     assert stats["stages"]["selected"] == built["stats"]["stages"]["selected"]
+
+
+def test_a_selection_that_is_not_the_bottom_k_is_refused_though_counts_add_up(built, tmp_path, monkeypatch):
+    """As the local multi-process runner did once: a cut-off missing from the side input, so a query took
+    all its pairs, every count still adding up."""
+    from pipelines import balance
+
+    rows = [line.split("\t") for line in (built["root"] / "a" / "query_counts.tsv").read_text().splitlines()[1:]]
+    victim = next(int(qid) for qid, _q, matched, _s in rows if int(matched) > CAP)
+    real = balance._Select.process
+
+    def forgetful(self, batch, cutoffs):
+        return real(self, batch, {q: c for q, c in cutoffs.items() if q != victim})
+
+    monkeypatch.setattr(balance._Select, "process", forgetful)
+    with pytest.raises(BuildError, match=rf"selection is not exact \(queries {victim} do not select"):
+        run_build(replace(_opts(built["inputs"], tmp_path / "out"), plan_only=True), BEAM)
+
+
+def test_misbalanced_names_queries_off_their_bottom_k():
+    from pipelines.runstats import misbalanced
+
+    matched, cap = {1: 100, 2: 10, 3: 50, 4: 70}, 40
+    assert misbalanced(matched, {1: 40, 2: 10, 3: 40, 4: 70}, cap, whole=frozenset({4})) == []
+    assert misbalanced(matched, {1: 100, 2: 9, 3: 40, 4: 40}, cap, whole=frozenset({4})) == [1, 2, 4]
+    assert misbalanced(matched, {1: 100, 2: 10, 3: 40, 4: 70}, cap, whole=frozenset({4}), unproven=[1]) == []
