@@ -141,14 +141,15 @@ def plan_pipeline(p: beam.Pipeline, files: Sequence[tuple[str, int]], opts: Buil
     candidates, rejects = p | "Read" >> ReadCandidates(files, opts.input_format, opts.url_col, opts.caption_col,
                                                            strict=opts.strict)
     candidates = candidates | "FilterCaptions" >> FilterCaptions(opts.min_caption_words)
-    pairs = candidates | "Match" >> MatchQueries(opts.queries)
+    pairs = candidates | "Match" >> MatchQueries(opts.queries, sorted(path for path, _size in files))
     unique = pairs | "DedupUrls" >> DedupUrls(partitions_for(input_bytes))
     kept = unique | "CaptionDedup" >> CaptionDedup(opts.caption_dup_threshold, opts.seed, opts.out,
                                                    opts.max_group_size, partitions_for(input_bytes))
     selected, matched, unproven = kept | "Balance" >> Balance(opts.per_query_cap, opts.seed, whole)
-    planned = selected | "AssignShards" >> AssignShards(opts.shard_size, opts.out, buckets_for(input_bytes))
+    planned = selected | "AssignShards" >> AssignShards(opts.shard_size, opts.out, buckets_for(input_bytes),
+                                                        sorted(path for path, _size in files))
     _ = (matched, selected, rejects, planned, unproven) | "RunDetails" >> RunDetails(
-        opts.queries, opts.out, opts.per_query_cap, opts.shard_size, whole)
+        opts.queries, opts.out, opts.per_query_cap, opts.shard_size)
 
 
 def fetch_pipeline(p: beam.Pipeline, shards: int, opts: BuildOptions, finished: frozenset[int],

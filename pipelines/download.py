@@ -60,7 +60,8 @@ def download_sample(sample: Sample, fetch_opts: FetchOptions, resize_opts: Resiz
                            http_status=got.http_status, sha256=sha256)
     return replace(sample, status=Status.SUCCESS, error_message=None, http_status=got.http_status, sha256=sha256,
                    phash=f"{img.phash:016x}", width=img.width, height=img.height,
-                   original_width=img.original_width, original_height=img.original_height, jpg=img.jpeg)
+                   original_width=img.original_width, original_height=img.original_height, exif=img.exif,
+                   jpg=img.jpeg)
 
 
 def _host(url: str) -> str:

@@ -503,6 +503,8 @@ class Pair(NamedTuple):
     caption: str
     url: str
     matched: tuple[int, ...]
+    file: int = -1  # the candidate's input file, as its index in the build's sorted file list
+    row: int = -1  # and its row there: the plan and the shards name both, so every sample leads to its row
 
 
 
@@ -510,12 +512,12 @@ class Pair(NamedTuple):
 class MatchQueries(beam.PTransform):
     """Lists of candidates in; a `Pair`, as a plain tuple, out for each caption matching at least one query."""
 
-    def __init__(self, queries: str):
+    def __init__(self, queries: str, files: Sequence[str] = ()):
         super().__init__()
-        self.queries = queries
+        self.queries, self.files = queries, tuple(files)
 
     def expand(self, batches):
-        return batches | "MatchBatch" >> beam.ParDo(_MatchBatch(self.queries))
+        return batches | "MatchBatch" >> beam.ParDo(_MatchBatch(self.queries, self.files))
 
 
 class _MatchBatch(beam.DoFn):
@@ -523,18 +525,20 @@ class _MatchBatch(beam.DoFn):
 
     matched, unmatched = counter("matched"), counter("unmatched")
 
-    def __init__(self, queries: str):
-        self.queries = queries
+    def __init__(self, queries: str, files: Sequence[str] = ()):
+        self.queries, self.files = queries, files
 
     def setup(self):
         relax_gc()
         self.matcher = matcher_for(self.queries)
+        self.file_index = {path: i for i, path in enumerate(self.files)}
 
     def process(self, batch):
         hits = 0
+        index = self.file_index
         for c, ids in zip(batch, self.matcher.match_many([c.caption for c in batch])):
             if ids:
                 hits += 1
-                yield c.caption, c.url, ids
+                yield c.caption, c.url, ids, index.get(c.source, -1), c.row
         self.matched.inc(hits)
         self.unmatched.inc(len(batch) - hits)

@@ -37,7 +37,8 @@ from wit.shardformat import Sample, Status, keys_for
 BUCKET_BYTES = 250_000  # candidate input per ordering bucket: at most a few thousand selected pairs each
 INDEX = "_index.json"
 PLAN_SCHEMA = pa.schema([shardformat.SCHEMA.field(name) for name in
-                         ("key", "uid", "url", "caption", "matched_query_ids", "selected_query_ids")])
+                         ("key", "uid", "url", "caption", "matched_query_ids", "selected_query_ids", "source_file",
+                          "source_row")])
 
 
 def buckets_for(input_bytes: int) -> int:
@@ -80,15 +81,17 @@ def _id_lists(lists: Sequence[tuple[int, ...]]) -> pa.ListArray:
 
 
 def write_bucket(out: str, bucket: int, first: int, members: Sequence[tuple[str, Pair, tuple[int, ...]]],
-                 shard_size: int) -> None:
+                 shard_size: int, files: Sequence[str] = ()) -> None:
     """A bucket's ranked pairs, their keys counted from `first`, as one plan file. Written whole to memory
     first: a Parquet writer makes many small writes, which a filesystem stream pays for each."""
     uids, pairs, selected = zip(*members) if members else ((), (), ())
-    captions, urls, matched = zip(*pairs) if pairs else ((), (), ())
+    captions, urls, matched, file_ids, rows = zip(*pairs) if pairs else ((), (), (), (), ())
     table = pa.table({
         "key": keys_for(first, len(members), shard_size),
         "uid": uids, "url": urls, "caption": captions,
         "matched_query_ids": _id_lists(matched), "selected_query_ids": _id_lists(selected),
+        "source_file": [files[i] if 0 <= i < len(files) else None for i in file_ids],
+        "source_row": [r if r >= 0 else None for r in rows],
     }, schema=PLAN_SCHEMA)
     buffer = io.BytesIO()
     # unique strings: a dictionary only costs time
@@ -126,9 +129,9 @@ class AssignShards(beam.PTransform):
     """Lists of selected (uid, Pair, selecting ids) in; every bucket's pairs written to the plan; (bucket, first
     index, rows) out."""
 
-    def __init__(self, shard_size: int, out: str, buckets: int):
+    def __init__(self, shard_size: int, out: str, buckets: int, files: Sequence[str] = ()):
         super().__init__()
-        self.shard_size, self.out, self.buckets = shard_size, out, buckets
+        self.shard_size, self.out, self.buckets, self.files = shard_size, out, buckets, tuple(files)
 
     def expand(self, selected):
         b = self.buckets
@@ -143,13 +146,14 @@ class AssignShards(beam.PTransform):
         return (
             by_bucket
             | "GroupBucket" >> beam.GroupByKey()
-            | "WriteBucket" >> beam.ParDo(_WriteBucket(self.out, self.shard_size), beam.pvalue.AsSingleton(offsets))
+            | "WriteBucket" >> beam.ParDo(_WriteBucket(self.out, self.shard_size, self.files),
+                                          beam.pvalue.AsSingleton(offsets))
         )
 
 
 class _WriteBucket(beam.DoFn):
-    def __init__(self, out: str, shard_size: int):
-        self.out, self.shard_size = out, shard_size
+    def __init__(self, out: str, shard_size: int, files: Sequence[str] = ()):
+        self.out, self.shard_size, self.files = out, shard_size, files
 
     def setup(self):
         relax_gc()
@@ -158,7 +162,7 @@ class _WriteBucket(beam.DoFn):
         bucket, lists = item
         members = ranked(m for _n, packed in lists for m in unpack(packed))
         key_sizes("order_bucket").update(len(members))
-        write_bucket(self.out, bucket, offsets[bucket], members, self.shard_size)
+        write_bucket(self.out, bucket, offsets[bucket], members, self.shard_size, self.files)
         yield bucket, offsets[bucket], len(members)
 
 

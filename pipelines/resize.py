@@ -21,6 +21,7 @@ target: the biggest single saving in a resize-bound job.
 from __future__ import annotations
 
 import io
+import json
 from typing import Optional
 from dataclasses import dataclass
 
@@ -81,6 +82,7 @@ class Resized:
     original_width: int
     original_height: int
     phash: int
+    exif: Optional[str] = None
 
 
 def _target(w: int, h: int, opts: ResizeOptions) -> tuple[int, int]:
@@ -144,6 +146,29 @@ def image_format(data: bytes) -> Optional[str]:
     return None
 
 
+_EXIF_IFDS = ((None, "Image"), (0x8769, "EXIF"), (0x8825, "GPS"))
+
+
+def exif_json(img: Image.Image) -> Optional[str]:
+    """The EXIF tags as JSON, named as exifread names them for img2dataset ("Image Make", "EXIF
+    DateTimeOriginal", "GPS GPSLatitude"); binary values (maker notes, thumbnails) are left out."""
+    from PIL import ExifTags
+
+    try:
+        exif = img.getexif()
+        tags = {}
+        for ifd, group in _EXIF_IFDS:
+            values = exif if ifd is None else exif.get_ifd(ifd)
+            names = ExifTags.GPSTAGS if ifd == 0x8825 else ExifTags.TAGS
+            for tag, value in values.items():
+                if tag in (0x8769, 0x8825) or isinstance(value, bytes):
+                    continue
+                tags[f"{group} {names.get(tag, hex(tag))}"] = str(value).strip("\x00 ")
+    except Exception:
+        return None  # unreadable EXIF is not a reason to lose the image
+    return json.dumps(tags, sort_keys=True, ensure_ascii=False) if tags else None
+
+
 def jpeg_scans(data: bytes) -> int:
     """Start-of-scan markers in a JPEG. Entropy-coded data never holds FF DA (an FF there is followed by 00
     or a restart marker), so counting is exact but for an embedded EXIF thumbnail's one scan."""
@@ -166,6 +191,7 @@ def resize_image(data: bytes, opts: ResizeOptions) -> Resized:
     except Exception as e:  # the magic bytes say which format: say what in its header is wrong
         raise ResizeError(ErrorKind.DECODE, f"unreadable {fmt} header: {type(e).__name__}: {e}") from e
     ow, oh = img.size
+    exif = exif_json(img)
     if ow * oh > opts.max_pixels:
         raise ResizeError(ErrorKind.TOO_LARGE, f"image over the cap of {opts.max_pixels} pixels: {ow}x{oh}")
     if min(ow, oh) < opts.min_image_size:
@@ -208,4 +234,4 @@ def resize_image(data: bytes, opts: ResizeOptions) -> Resized:
         img = canvas
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=opts.encode_quality)
-    return Resized(out.getvalue(), img.width, img.height, ow, oh, phash)
+    return Resized(out.getvalue(), img.width, img.height, ow, oh, phash, exif)

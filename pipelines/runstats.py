@@ -68,10 +68,9 @@ class RunDetails(beam.PTransform):
     """Writes query_counts.tsv, the plan's index and the run's details from the per-query match counts, the
     selection, the rejected rows, the planned buckets (whose end it waits for) and the unproven queries."""
 
-    def __init__(self, queries: str, out: str, cap: int, shard_size: int, whole: frozenset[int] = frozenset()):
+    def __init__(self, queries: str, out: str, cap: int, shard_size: int):
         super().__init__()
         self.queries, self.out, self.cap, self.shard_size = queries, out, cap, shard_size
-        self.whole = whole
 
     def expand(self, inputs):
         matched, selected, rejects, planned, unproven = inputs
@@ -79,7 +78,7 @@ class RunDetails(beam.PTransform):
             matched.pipeline
             | "RunDetailsTrigger" >> beam.Create([None])
             | "WriteRunDetails" >> beam.Map(
-                _write_details, self.queries, self.out, self.cap, self.shard_size, self.whole,
+                _write_details, self.queries, self.out, self.cap, self.shard_size,
                 beam.pvalue.AsList(matched),
                 beam.pvalue.AsList(selected | "SelectedPerQuery" >> CountPerKey(_selecting_ids)),
                 beam.pvalue.AsSingleton(rejects | "RejectExamples" >> beam.combiners.Top.Of(
@@ -98,17 +97,17 @@ def _selecting_ids(batch: list) -> np.ndarray:
 
 
 def misbalanced(matched: Mapping[int, int], selected: Mapping[int, int], cap: int,
-                whole: frozenset[int] = frozenset(), unproven: Sequence[int] = ()) -> list[int]:
+                unproven: Sequence[int] = ()) -> list[int]:
     """Queries whose selection is not their bottom-k: each query selects exactly min(cap, matched) pairs
-    (all of them for a query in `whole`). A runner that loses elements of the selection, or of the cut-offs
-    it is made with, breaks this even where the stage counts still add up."""
+    (an unproven query's selection is made again, so it is not judged). A runner that loses elements of
+    the selection, or of the cut-offs it is made with, breaks this even where the stage counts add up."""
     skip = set(unproven)
-    return sorted(q for q in set(matched) | set(selected) if q not in skip and selected.get(q, 0) != (
-        matched.get(q, 0) if q in whole else min(cap, matched.get(q, 0))))
+    return sorted(q for q in set(matched) | set(selected)
+                  if q not in skip and selected.get(q, 0) != min(cap, matched.get(q, 0)))
 
 
-def _write_details(_, queries_path: str, out: str, cap: int, shard_size: int, whole: frozenset[int], matched,
-                   selected, rejects, damaged, buckets, unproven) -> None:
+def _write_details(_, queries_path: str, out: str, cap: int, shard_size: int, matched, selected, rejects,
+                   damaged, buckets, unproven) -> None:
     queries = read_queries(queries_path)
     matched, selected = dict(matched), dict(selected)
     lines = ["query_id\tquery\tmatched\tselected"]
@@ -123,7 +122,7 @@ def _write_details(_, queries_path: str, out: str, cap: int, shard_size: int, wh
         "rejected_examples": [str(r) for r in rejects if not r.damaged],
         "damaged_inputs": [str(r) for r in damaged],
         "unproven_queries": sorted(unproven),
-        "misbalanced_queries": misbalanced(matched, selected, cap, whole, unproven)[:20],
+        "misbalanced_queries": misbalanced(matched, selected, cap, unproven)[:20],
     }
     fileio.write_bytes(_details_path(out), json.dumps(details).encode())
 

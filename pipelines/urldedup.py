@@ -73,8 +73,8 @@ def choose_pair(choices: Iterable[Pair]) -> tuple[Pair, int, int]:
     for choice in choices:
         by_caption.setdefault(choice.caption, []).append(choice)
         count += 1
-    firsts = [min(group, key=lambda c: c.url) for group in by_caption.values()]
-    best = min(firsts, key=lambda c: (-len(c.matched), c.caption, c.url))
+    firsts = [min(group, key=lambda c: (c.url, c.file, c.row)) for group in by_caption.values()]
+    best = min(firsts, key=lambda c: (-len(c.matched), c.caption, c.url, c.file, c.row))
     return best, count - len(by_caption), len(by_caption) - 1
 
 
@@ -82,8 +82,10 @@ MAX_CAPTIONS = 10_000  # distinct captions of one URL remembered to tell repeats
 
 
 def _most_useful(p: tuple) -> tuple:
-    caption, url, matched = p
-    return -len(matched), caption, url
+    """The caption matching most queries, then the smallest caption, url, and place in the input: the same
+    pair whatever order the runner brings them in."""
+    caption, url, matched, file, row = p
+    return -len(matched), caption, url, file, row
 
 
 class OnePerUrl(beam.CombineFn):

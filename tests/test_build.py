@@ -248,7 +248,8 @@ def test_plan_only_writes_the_plan_and_a_later_build_downloads_it(built):
     plans = sorted((out / "plan").glob("*.parquet"))
     assert plans and stats["shards"] == built["stats"]["shards"] and not (out / "shards").exists()
     rows = [r for f in plans for r in pq.read_table(f).to_pylist()]
-    assert set(rows[0]) == {"key", "uid", "url", "caption", "matched_query_ids", "selected_query_ids"}
+    assert set(rows[0]) == {"key", "uid", "url", "caption", "matched_query_ids", "selected_query_ids",
+                            "source_file", "source_row"}
     assert len(rows) == stats["stages"]["selected"] == built["stats"]["stages"]["selected"]
     assert [r["key"] for r in rows] == sorted(r["key"] for r in rows)  # the files in key order, as is each
     assert stats["stages"]["success"] == 0 and stats["largest_keys"]["query_topk"]["largest"] > 0
@@ -430,6 +431,20 @@ def test_misbalanced_names_queries_off_their_bottom_k():
     from pipelines.runstats import misbalanced
 
     matched, cap = {1: 100, 2: 10, 3: 50, 4: 70}, 40
-    assert misbalanced(matched, {1: 40, 2: 10, 3: 40, 4: 70}, cap, whole=frozenset({4})) == []
-    assert misbalanced(matched, {1: 100, 2: 9, 3: 40, 4: 40}, cap, whole=frozenset({4})) == [1, 2, 4]
-    assert misbalanced(matched, {1: 100, 2: 10, 3: 40, 4: 70}, cap, whole=frozenset({4}), unproven=[1]) == []
+    assert misbalanced(matched, {1: 40, 2: 10, 3: 40, 4: 40}, cap) == []
+    assert misbalanced(matched, {1: 100, 2: 9, 3: 40, 4: 40, 5: 1}, cap) == [1, 2, 5]
+    assert misbalanced(matched, {1: 100, 2: 10, 3: 40, 4: 40}, cap, unproven=[1]) == []
+
+
+def test_every_sample_names_its_input_file_and_row(built):
+    inputs = {}
+    for path in sorted(glob.glob(str(built["inputs"] / "*.parquet"))):
+        inputs[path] = pq.read_table(path).to_pylist()
+    samples = _samples(built["root"] / "a")
+    assert samples and all(s["source_file"] in inputs for s in samples)
+    for s in samples:
+        row = inputs[s["source_file"]][s["source_row"]]
+        assert row["url"].strip() == s["url"] and clean_caption(row["caption"]) == s["caption"], s["key"]
+    plan = [r for f in sorted((built["root"] / "a" / "plan").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert {(r["uid"], r["source_file"], r["source_row"]) for r in plan} == {
+        (s["uid"], s["source_file"], s["source_row"]) for s in samples}

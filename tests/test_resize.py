@@ -157,3 +157,19 @@ def test_a_png_refused_by_its_header_says_why():
         resize_image(out.getvalue(), ResizeOptions())
     assert e.value.kind is ErrorKind.DECODE
     assert str(e.value).startswith("unreadable PNG header: ValueError: Decompressed data too large")
+
+
+def test_exif_tags_are_kept_as_json_in_exifreads_names():
+    import json
+
+    img = Image.new("RGB", (64, 48), (1, 2, 3))
+    exif = img.getexif()
+    exif[0x010F] = "Acme"  # Make
+    exif[0x0112] = 1  # Orientation
+    exif.get_ifd(0x8769)[0x9003] = "2024:05:01 10:00:00"  # DateTimeOriginal
+    out = io.BytesIO()
+    img.save(out, format="JPEG", exif=exif)
+    tags = json.loads(resize_image(out.getvalue(), ResizeOptions(image_size=32)).exif)
+    assert tags["Image Make"] == "Acme" and tags["Image Orientation"] == "1"
+    assert tags["EXIF DateTimeOriginal"] == "2024:05:01 10:00:00"
+    assert resize_image(_img(40, 30), ResizeOptions(image_size=32)).exif is None

@@ -98,6 +98,9 @@ class Sample:
     http_status: Optional[int] = None
     matched_query_ids: tuple[int, ...] = ()
     selected_query_ids: tuple[int, ...] = ()
+    source_file: Optional[str] = None  # the input file and row the pair was read from: join on uid or these
+    source_row: Optional[int] = None
+    exif: Optional[str] = None  # the image's EXIF tags as JSON, as img2dataset stores them
     jpg: Optional[bytes] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:  # values read back from Parquet or JSON arrive as plain strings
@@ -119,7 +122,7 @@ class Sample:
 _METADATA = tuple(f.name for f in fields(Sample) if f.name != "jpg")  # asdict() deep-copies: 0.1 ms a sample
 _TYPES = {
     "width": pa.int32(), "height": pa.int32(), "original_width": pa.int32(), "original_height": pa.int32(),
-    "http_status": pa.int32(), "matched_query_ids": pa.list_(pa.int32()),
+    "http_status": pa.int32(), "source_row": pa.int64(), "matched_query_ids": pa.list_(pa.int32()),
     "selected_query_ids": pa.list_(pa.int32()), "jpg": pa.binary(),
 }
 STAGING_SCHEMA = pa.schema([pa.field(f.name, _TYPES.get(f.name, pa.string())) for f in fields(Sample)])
