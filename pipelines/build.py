@@ -61,6 +61,9 @@ class BuildOptions(Options):
                                choices=("auto",) + FORMATS)
     url_col: str = option("url", help="column of the image URL")
     caption_col: str = option("caption", help="column of the caption")
+    save_additional_columns: tuple[str, ...] = option((), help="an input column kept in the shards' Parquet and "
+                                                               "each sample's JSON (img2dataset's "
+                                                               "--save_additional_columns)", metavar="COL")
     strict: bool = option(False, help="stop at the first damaged input file (truncated, corrupt, unusable "
                                       "columns) instead of keeping its rows before the damage and going on")
     min_caption_words: int = option(0, help="drop candidates whose caption has fewer words (0: keep all)")
@@ -104,6 +107,11 @@ class BuildOptions(Options):
             self.refuse("caption_dup_threshold", "must be in 0..1")
         if self.exclude_near and self.near_dup_threshold < 0:
             self.refuse("exclude_near", "needs --near-dup-threshold 0 or more")
+        own = [c for c in self.save_additional_columns if c in shardformat.OWN_COLUMNS]
+        if own:
+            self.refuse("save_additional_columns", f"{own[0]!r} is a column wit writes itself")
+        if len(set(self.save_additional_columns)) != len(self.save_additional_columns):
+            self.refuse("save_additional_columns", "names a column twice")
 
     def fingerprint(self, files: Sequence[tuple[str, int, float]], refs: Sequence[EvalImage] = ()) -> dict:
         """Everything that decides the shards' content; a rerun into the same DIR must match it. The query
@@ -139,7 +147,8 @@ def plan_pipeline(p: beam.Pipeline, files: Sequence[tuple[str, int]], opts: Buil
     """The stages before the download, in the order pairs flow through them; each counts what it drops."""
     input_bytes = sum(size for _path, size in files)  # sets how finely URLs and the selection are spread
     candidates, rejects = p | "Read" >> ReadCandidates(files, opts.input_format, opts.url_col, opts.caption_col,
-                                                           strict=opts.strict)
+                                                           strict=opts.strict,
+                                                           additional=opts.save_additional_columns)
     candidates = candidates | "FilterCaptions" >> FilterCaptions(opts.min_caption_words)
     pairs = candidates | "Match" >> MatchQueries(opts.queries, sorted(path for path, _size in files))
     unique = pairs | "DedupUrls" >> DedupUrls(partitions_for(input_bytes))
@@ -147,7 +156,8 @@ def plan_pipeline(p: beam.Pipeline, files: Sequence[tuple[str, int]], opts: Buil
                                                    opts.max_group_size, partitions_for(input_bytes))
     selected, matched, unproven = kept | "Balance" >> Balance(opts.per_query_cap, opts.seed, whole)
     planned = selected | "AssignShards" >> AssignShards(opts.shard_size, opts.out, buckets_for(input_bytes),
-                                                        sorted(path for path, _size in files))
+                                                        sorted(path for path, _size in files),
+                                                        opts.save_additional_columns)
     _ = (matched, selected, rejects, planned, unproven) | "RunDetails" >> RunDetails(
         opts.queries, opts.out, opts.per_query_cap, opts.shard_size)
 

@@ -63,6 +63,7 @@ class Candidate:
     caption: str
     source: str
     row: int
+    additional: tuple = ()  # values of the columns `wit build --save-additional-columns` names, in order
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,8 @@ def _valid_unicode(text: str) -> bool:
     return True
 
 
-def validate(url: object, caption: object, source: str, row: int) -> Union[Candidate, Reject]:
+def validate(url: object, caption: object, source: str, row: int,
+             additional: tuple = ()) -> Union[Candidate, Reject]:
     """Turn one raw row into a Candidate, or a Reject saying why not."""
     if url is None or isinstance(url, str) and not url.strip():
         return Reject(source, row, "missing url")
@@ -140,7 +142,7 @@ def validate(url: object, caption: object, source: str, row: int) -> Union[Candi
     text = clean_caption(caption)
     if not text:
         return Reject(source, row, "empty caption")
-    return Candidate(url, text, source, row)
+    return Candidate(url, text, source, row, additional)
 
 
 SPLIT_BYTES = 64 * 1024 * 1024  # a text file larger than this is read in parts of this size
@@ -277,21 +279,22 @@ def _header(line: bytes, path: str, fmt: str) -> Optional[tuple[str, ...]]:
     return tuple(next(csv.reader([text]))) if fmt == "csv" else tuple(text.split("\t"))
 
 
-def _require_columns(path: str, names: Sequence[str], url_col: str, caption_col: str) -> None:
-    missing = [c for c in (url_col, caption_col) if c not in names]
+def _require_columns(path: str, names: Sequence[str], url_col: str, caption_col: str,
+                     additional: Sequence[str] = ()) -> None:
+    missing = [c for c in (url_col, caption_col, *additional) if c not in names]
     if missing:
         raise CandidateFileError(
             f"{path}: missing column(s) {', '.join(missing)}; columns are {', '.join(map(str, names))} "
-            "(set --url-col / --caption-col)")
+            "(set --url-col / --caption-col / --save-additional-columns)")
 
 
-def read_part(part: Part, url_col: str = "url", caption_col: str = "caption",
-              strict: bool = False) -> Iterator[Union[Candidate, Reject]]:
+def read_part(part: Part, url_col: str = "url", caption_col: str = "caption", strict: bool = False,
+              additional: Sequence[str] = ()) -> Iterator[Union[Candidate, Reject]]:
     """A Candidate or a Reject per row of the part (rows counted from 0 in the file, as in pandas; CSV and
     TSV rows after the header); then, if the file is damaged, one Reject(damaged=True) where it stopped."""
     last = None
     try:
-        for item in _read_rows(part, url_col, caption_col):
+        for item in _read_rows(part, url_col, caption_col, tuple(additional)):
             last = item.row
             yield item
     except (_Damaged, *_DAMAGE) as e:
@@ -302,11 +305,11 @@ def read_part(part: Part, url_col: str = "url", caption_col: str = "caption",
         yield Reject(part.path, at, reason, damaged=True)
 
 
-def _parquet_columns(pf, path: str, url_col: str, caption_col: str) -> None:
+def _parquet_columns(pf, path: str, url_col: str, caption_col: str, additional: Sequence[str]) -> None:
     import pyarrow as pa
 
     names = pf.schema_arrow.names
-    _require_columns(path, names, url_col, caption_col)
+    _require_columns(path, names, url_col, caption_col, additional)
     for col in (url_col, caption_col):
         if names.count(col) > 1:
             raise _Damaged(f"{names.count(col)} columns are named {col!r}; which one holds the {col} is unclear")
@@ -315,14 +318,15 @@ def _parquet_columns(pf, path: str, url_col: str, caption_col: str) -> None:
             raise _Damaged(f"column {col!r} holds {kind}, not text (set --url-col / --caption-col)")
 
 
-def _read_rows(part: Part, url_col: str, caption_col: str) -> Iterator[Union[Candidate, Reject]]:
+def _read_rows(part: Part, url_col: str, caption_col: str,
+               additional: tuple[str, ...] = ()) -> Iterator[Union[Candidate, Reject]]:
     path = part.path
     with _open(path, part.fmt) as stream:
         if part.fmt == "parquet":
             pf = _parquet(stream, path)
-            _parquet_columns(pf, path, url_col, caption_col)
+            _parquet_columns(pf, path, url_col, caption_col, additional)
             row = part.first_row
-            batches = pf.iter_batches(columns=[url_col, caption_col], batch_size=8192,
+            batches = pf.iter_batches(columns=[url_col, caption_col, *additional], batch_size=8192,
                                       row_groups=list(range(part.start, part.end)))
             while True:
                 try:
@@ -331,18 +335,25 @@ def _read_rows(part: Part, url_col: str, caption_col: str) -> Iterator[Union[Can
                     return
                 except Exception as e:  # pyarrow raises several types for corrupt pages
                     raise _Damaged(f"corrupt Parquet data: {e}") from e
+                if additional:
+                    extra = list(zip(*(batch.column(2 + i).to_pylist() for i in range(len(additional)))))
+                    for i, (url, caption) in enumerate(zip(batch.column(0).to_pylist(),
+                                                           batch.column(1).to_pylist())):
+                        yield validate(url, caption, path, row, extra[i])
+                        row += 1
+                    continue
                 for url, caption in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
                     yield validate(url, caption, path, row)
                     row += 1
         elif part.fmt == "jsonl":
-            yield from _jsonl(_lines(stream, part), part, url_col, caption_col)
+            yield from _jsonl(_lines(stream, part), part, url_col, caption_col, additional)
         elif part.fmt == "tsv":
-            yield from _tsv(_lines(stream, part), part, url_col, caption_col)
+            yield from _tsv(_lines(stream, part), part, url_col, caption_col, additional)
         else:
-            yield from _csv(stream, part, url_col, caption_col)
+            yield from _csv(stream, part, url_col, caption_col, additional)
 
 
-def _jsonl(lines: Iterable[bytes], part: Part, url_col: str, caption_col: str):
+def _jsonl(lines: Iterable[bytes], part: Part, url_col: str, caption_col: str, additional: tuple[str, ...] = ()):
     for row, raw in enumerate(lines, part.first_row):
         line = raw.decode("utf-8", errors="replace")
         if row == 0:
@@ -360,16 +371,18 @@ def _jsonl(lines: Iterable[bytes], part: Part, url_col: str, caption_col: str):
         if not isinstance(record, dict):
             yield Reject(part.path, row, "JSON line is not an object")
             continue
-        yield validate(record.get(url_col), record.get(caption_col), part.path, row)
+        yield validate(record.get(url_col), record.get(caption_col), part.path, row,
+                       tuple(record.get(c) for c in additional))
 
 
-def _tsv(lines: Iterable[bytes], part: Part, url_col: str, caption_col: str):
+def _tsv(lines: Iterable[bytes], part: Part, url_col: str, caption_col: str, additional: tuple[str, ...] = ()):
     """Tab-separated, one record a line, no quoting (img2dataset's reading): a field holds no tab or newline."""
     if part.header is None:  # an empty file; or a damaged one, which reading its first line says
         next(iter(lines), None)
         return
-    _require_columns(part.path, part.header, url_col, caption_col)
+    _require_columns(part.path, part.header, url_col, caption_col, additional)
     ui, ci, width = part.header.index(url_col), part.header.index(caption_col), len(part.header)
+    ai = [part.header.index(c) for c in additional]
     for line_no, raw in enumerate(lines, part.first_row):
         if line_no == 0:
             continue  # the header
@@ -377,10 +390,10 @@ def _tsv(lines: Iterable[bytes], part: Part, url_col: str, caption_col: str):
         if len(fields) != width:
             yield Reject(part.path, line_no - 1, f"{len(fields)} fields, header has {width}")
             continue
-        yield validate(fields[ui], fields[ci], part.path, line_no - 1)
+        yield validate(fields[ui], fields[ci], part.path, line_no - 1, tuple(fields[i] for i in ai))
 
 
-def _csv(stream: BinaryIO, part: Part, url_col: str, caption_col: str):
+def _csv(stream: BinaryIO, part: Part, url_col: str, caption_col: str, additional: tuple[str, ...] = ()):
     reader = csv.reader(fileio.iter_lines(stream))
     try:
         header = next(reader)
@@ -388,8 +401,9 @@ def _csv(stream: BinaryIO, part: Part, url_col: str, caption_col: str):
         return
     if header:
         header[0] = header[0].removeprefix("\ufeff")  # Excel writes a byte-order mark first
-    _require_columns(part.path, header, url_col, caption_col)
+    _require_columns(part.path, header, url_col, caption_col, additional)
     ui, ci = header.index(url_col), header.index(caption_col)
+    ai = [header.index(c) for c in additional]
     row = 0
     while True:
         try:
@@ -403,19 +417,20 @@ def _csv(stream: BinaryIO, part: Part, url_col: str, caption_col: str):
         if len(fields) != len(header):
             yield Reject(part.path, row, f"{len(fields)} fields, header has {len(header)}")
         else:
-            yield validate(fields[ui], fields[ci], part.path, row)
+            yield validate(fields[ui], fields[ci], part.path, row, tuple(fields[i] for i in ai))
         row += 1
 
 
 def read_path(path: str, fmt: str = "auto", url_col: str = "url", caption_col: str = "caption",
-              split_bytes: int = SPLIT_BYTES, strict: bool = False) -> Iterator[Union[Candidate, Reject]]:
+              split_bytes: int = SPLIT_BYTES, strict: bool = False,
+              additional: Sequence[str] = ()) -> Iterator[Union[Candidate, Reject]]:
     """A whole file, part after part, as the job reads it (local, gs://, s3://, hdfs://...)."""
     size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
     parts = split_file(path, size, fmt, split_bytes)
     if any(p.first_row is None for p in parts):
         parts = number_parts(parts, [lines_in(p) for p in parts])
     for part in parts:
-        yield from read_part(part, url_col, caption_col, strict)
+        yield from read_part(part, url_col, caption_col, strict, additional)
 
 
 READ_BATCH = 8192  # candidates a Beam element holds: the matcher takes them a list at a time (bench/match.py)
@@ -430,10 +445,10 @@ class ReadCandidates(beam.PTransform):
     """
 
     def __init__(self, files: Sequence[tuple[str, int]], fmt: str, url_col: str, caption_col: str,
-                 split_bytes: int = SPLIT_BYTES, strict: bool = False):
+                 split_bytes: int = SPLIT_BYTES, strict: bool = False, additional: Sequence[str] = ()):
         super().__init__()
         self.files, self.fmt, self.url_col, self.caption_col = sorted(files), fmt, url_col, caption_col
-        self.split_bytes, self.strict = split_bytes, strict
+        self.split_bytes, self.strict, self.additional = split_bytes, strict, tuple(additional)
 
     def expand(self, root):
         parts = (
@@ -453,7 +468,7 @@ class ReadCandidates(beam.PTransform):
             (parts.numbered, numbered)
             | "AllParts" >> beam.Flatten()
             | "SpreadParts" >> beam.Reshuffle()
-            | "ReadPart" >> beam.ParDo(_ReadPart(self.url_col, self.caption_col, self.strict))
+            | "ReadPart" >> beam.ParDo(_ReadPart(self.url_col, self.caption_col, self.strict, self.additional))
             .with_outputs(_REJECTS, main="candidates")
         )
         return read.candidates, read[_REJECTS]
@@ -473,8 +488,8 @@ def _split(file: tuple[str, int], fmt: str, split_bytes: int):
 class _ReadPart(beam.DoFn):
     rows, rejected, damaged = counter("candidates"), counter("rejected_rows"), counter("damaged_files")
 
-    def __init__(self, url_col: str, caption_col: str, strict: bool = False):
-        self.url_col, self.caption_col, self.strict = url_col, caption_col, strict
+    def __init__(self, url_col: str, caption_col: str, strict: bool = False, additional: Sequence[str] = ()):
+        self.url_col, self.caption_col, self.strict, self.additional = url_col, caption_col, strict, additional
 
     def setup(self):
         relax_gc()
@@ -482,7 +497,7 @@ class _ReadPart(beam.DoFn):
     def process(self, part: Part):
         n = bad = 0
         batch: list[Candidate] = []
-        for item in read_part(part, self.url_col, self.caption_col, self.strict):
+        for item in read_part(part, self.url_col, self.caption_col, self.strict, self.additional):
             if isinstance(item, Reject):
                 if item.damaged:
                     self.damaged.inc()

@@ -505,6 +505,7 @@ class Pair(NamedTuple):
     matched: tuple[int, ...]
     file: int = -1  # the candidate's input file, as its index in the build's sorted file list
     row: int = -1  # and its row there: the plan and the shards name both, so every sample leads to its row
+    additional: tuple = ()  # the values of `wit build --save-additional-columns`, in their order
 
 
 
@@ -539,6 +540,6 @@ class _MatchBatch(beam.DoFn):
         for c, ids in zip(batch, self.matcher.match_many([c.caption for c in batch])):
             if ids:
                 hits += 1
-                yield c.caption, c.url, ids, index.get(c.source, -1), c.row
+                yield c.caption, c.url, ids, index.get(c.source, -1), c.row, c.additional
         self.matched.inc(hits)
         self.unmatched.inc(len(batch) - hits)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from itertools import chain
 from typing import Iterable, Sequence
 
@@ -81,11 +82,11 @@ def _id_lists(lists: Sequence[tuple[int, ...]]) -> pa.ListArray:
 
 
 def write_bucket(out: str, bucket: int, first: int, members: Sequence[tuple[str, Pair, tuple[int, ...]]],
-                 shard_size: int, files: Sequence[str] = ()) -> None:
+                 shard_size: int, files: Sequence[str] = (), additional: Sequence[str] = ()) -> None:
     """A bucket's ranked pairs, their keys counted from `first`, as one plan file. Written whole to memory
     first: a Parquet writer makes many small writes, which a filesystem stream pays for each."""
     uids, pairs, selected = zip(*members) if members else ((), (), ())
-    captions, urls, matched, file_ids, rows = zip(*pairs) if pairs else ((), (), (), (), ())
+    captions, urls, matched, file_ids, rows, extras = zip(*pairs) if pairs else ((), (), (), (), (), ())
     table = pa.table({
         "key": keys_for(first, len(members), shard_size),
         "uid": uids, "url": urls, "caption": captions,
@@ -93,6 +94,8 @@ def write_bucket(out: str, bucket: int, first: int, members: Sequence[tuple[str,
         "source_file": [files[i] if 0 <= i < len(files) else None for i in file_ids],
         "source_row": [r if r >= 0 else None for r in rows],
     }, schema=PLAN_SCHEMA)
+    if additional:
+        table = shardformat.additional_columns(table, additional, [tuple(zip(additional, e)) for e in extras])
     buffer = io.BytesIO()
     # unique strings: a dictionary only costs time
     pq.write_table(table, buffer, compression="zstd", use_dictionary=False)
@@ -119,9 +122,7 @@ def read_shard(out: str, shard: int, shard_size: int, index: Sequence[tuple[int,
             continue
         table = shardformat.read_parquet(plan_path(out, bucket))
         lo, hi = max(start - first, 0), min(end - first, rows)
-        samples += [Sample(status=Status.PENDING, **{**r, "matched_query_ids": tuple(r["matched_query_ids"]),
-                                                     "selected_query_ids": tuple(r["selected_query_ids"])})
-                    for r in table.slice(lo, hi - lo).to_pylist()]
+        samples += [replace(s, status=Status.PENDING) for s in shardformat.from_table(table.slice(lo, hi - lo))]
     return samples
 
 
@@ -129,9 +130,11 @@ class AssignShards(beam.PTransform):
     """Lists of selected (uid, Pair, selecting ids) in; every bucket's pairs written to the plan; (bucket, first
     index, rows) out."""
 
-    def __init__(self, shard_size: int, out: str, buckets: int, files: Sequence[str] = ()):
+    def __init__(self, shard_size: int, out: str, buckets: int, files: Sequence[str] = (),
+                 additional: Sequence[str] = ()):
         super().__init__()
         self.shard_size, self.out, self.buckets, self.files = shard_size, out, buckets, tuple(files)
+        self.additional = tuple(additional)
 
     def expand(self, selected):
         b = self.buckets
@@ -146,14 +149,14 @@ class AssignShards(beam.PTransform):
         return (
             by_bucket
             | "GroupBucket" >> beam.GroupByKey()
-            | "WriteBucket" >> beam.ParDo(_WriteBucket(self.out, self.shard_size, self.files),
+            | "WriteBucket" >> beam.ParDo(_WriteBucket(self.out, self.shard_size, self.files, self.additional),
                                           beam.pvalue.AsSingleton(offsets))
         )
 
 
 class _WriteBucket(beam.DoFn):
-    def __init__(self, out: str, shard_size: int, files: Sequence[str] = ()):
-        self.out, self.shard_size, self.files = out, shard_size, files
+    def __init__(self, out: str, shard_size: int, files: Sequence[str] = (), additional: Sequence[str] = ()):
+        self.out, self.shard_size, self.files, self.additional = out, shard_size, files, additional
 
     def setup(self):
         relax_gc()
@@ -162,7 +165,7 @@ class _WriteBucket(beam.DoFn):
         bucket, lists = item
         members = ranked(m for _n, packed in lists for m in unpack(packed))
         key_sizes("order_bucket").update(len(members))
-        write_bucket(self.out, bucket, offsets[bucket], members, self.shard_size, self.files)
+        write_bucket(self.out, bucket, offsets[bucket], members, self.shard_size, self.files, self.additional)
         yield bucket, offsets[bucket], len(members)
 
 

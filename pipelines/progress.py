@@ -39,7 +39,7 @@ class DownloadProgress:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._bar = None
-        self._last_line = 0.0
+        self._last_line = self.started  # the first line after a minute; a short run prints only its last
         self._ended = False
 
     def __enter__(self) -> "DownloadProgress":

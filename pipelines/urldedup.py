@@ -84,7 +84,7 @@ MAX_CAPTIONS = 10_000  # distinct captions of one URL remembered to tell repeats
 def _most_useful(p: tuple) -> tuple:
     """The caption matching most queries, then the smallest caption, url, and place in the input: the same
     pair whatever order the runner brings them in."""
-    caption, url, matched, file, row = p
+    caption, url, matched, file, row, _additional = p
     return -len(matched), caption, url, file, row
 
 

@@ -448,3 +448,22 @@ def test_every_sample_names_its_input_file_and_row(built):
     plan = [r for f in sorted((built["root"] / "a" / "plan").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert {(r["uid"], r["source_file"], r["source_row"]) for r in plan} == {
         (s["uid"], s["source_file"], s["source_row"]) for s in samples}
+
+
+def test_additional_columns_reach_the_parquet_and_the_json(built, tmp_path):
+    import json as _json
+
+    out = tmp_path / "extra"
+    stats = run_build(replace(_opts(built["inputs"], out), save_additional_columns=("fault", "image_id")), BEAM)
+    assert stats["stages"]["success"] == built["stats"]["stages"]["success"]
+    inputs = {p: pq.read_table(p).to_pylist() for p in glob.glob(str(built["inputs"] / "*.parquet"))}
+    table = pq.read_table(sorted(glob.glob(f"{out}/shards/*.parquet"))[0])
+    assert str(table.schema.field("fault").type) == "string" and str(table.schema.field("image_id").type) == "int64"
+    for row in table.to_pylist():
+        source = inputs[row["source_file"]][row["source_row"]]
+        assert (row["fault"], row["image_id"]) == (source["fault"], source["image_id"])
+    with tarfile.open(sorted(glob.glob(f"{out}/shards/*.tar"))[0]) as tar:
+        record = _json.loads(tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith(".json"))).read())
+    assert record["fault"] == "ok" and isinstance(record["image_id"], int)
+    with pytest.raises(Exception, match="--save-additional-columns url: 'url' is a column wit writes itself"):
+        replace(_opts(built["inputs"], out), save_additional_columns=("url",))

@@ -246,3 +246,17 @@ def test_parquet_columns_that_cannot_be_the_url_are_named(tmp_path):
     pq.write_table(table, twice)
     good, bad = _split(read_path(str(twice)))
     assert good == [] and bad[0].damaged and "2 columns are named 'url'" in bad[0].reason
+
+
+def test_additional_columns_are_read_in_every_format(tmp_path):
+    rows = [{"url": "http://a.example/1.jpg", "caption": "one", "SAMPLE_ID": 7, "LICENSE": "cc-by"}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
+    (tmp_path / "c.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    (tmp_path / "c.csv").write_text("url,caption,SAMPLE_ID,LICENSE\nhttp://a.example/1.jpg,one,7,cc-by\n")
+    (tmp_path / "c.tsv").write_text("url\tcaption\tSAMPLE_ID\tLICENSE\nhttp://a.example/1.jpg\tone\t7\tcc-by\n")
+    for name, expected in (("c.parquet", (7, "cc-by")), ("c.jsonl", (7, "cc-by")), ("c.csv", ("7", "cc-by")),
+                           ("c.tsv", ("7", "cc-by"))):
+        good, bad = _split(read_path(str(tmp_path / name), additional=("SAMPLE_ID", "LICENSE")))
+        assert [c.additional for c in good] == [expected] and not bad, name
+    with pytest.raises(CandidateFileError, match=r"missing column\(s\) NSFW"):
+        list(read_path(str(tmp_path / "c.parquet"), additional=("NSFW",)))

@@ -110,6 +110,8 @@ _METAVARS = {int: "N", float: "X"}
 
 
 def _shown(value: Any) -> str:
+    if isinstance(value, (tuple, list)):  # a repeatable flag: its values as they were given
+        return " ".join(map(_shown, value))
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

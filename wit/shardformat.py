@@ -101,6 +101,9 @@ class Sample:
     source_file: Optional[str] = None  # the input file and row the pair was read from: join on uid or these
     source_row: Optional[int] = None
     exif: Optional[str] = None  # the image's EXIF tags as JSON, as img2dataset stores them
+    # input columns kept as they were (`wit build --save-additional-columns`): (name, value) pairs, written as
+    # columns of their own in the Parquet files and keys of the sample's JSON, as img2dataset writes them
+    additional: tuple[tuple[str, object], ...] = ()
     jpg: Optional[bytes] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:  # values read back from Parquet or JSON arrive as plain strings
@@ -116,16 +119,19 @@ class Sample:
         record["error_kind"] = self.error_kind.value if self.error_kind else None
         record["matched_query_ids"] = list(self.matched_query_ids)
         record["selected_query_ids"] = list(self.selected_query_ids)
+        record.update(self.additional)
         return record
 
 
-_METADATA = tuple(f.name for f in fields(Sample) if f.name != "jpg")  # asdict() deep-copies: 0.1 ms a sample
+_METADATA = tuple(f.name for f in fields(Sample) if f.name not in ("jpg", "additional"))  # asdict(): 0.1 ms
 _TYPES = {
     "width": pa.int32(), "height": pa.int32(), "original_width": pa.int32(), "original_height": pa.int32(),
     "http_status": pa.int32(), "source_row": pa.int64(), "matched_query_ids": pa.list_(pa.int32()),
     "selected_query_ids": pa.list_(pa.int32()), "jpg": pa.binary(),
 }
-STAGING_SCHEMA = pa.schema([pa.field(f.name, _TYPES.get(f.name, pa.string())) for f in fields(Sample)])
+STAGING_SCHEMA = pa.schema([pa.field(f.name, _TYPES.get(f.name, pa.string())) for f in fields(Sample)
+                            if f.name != "additional"])
+OWN_COLUMNS = frozenset(STAGING_SCHEMA.names)
 SCHEMA = STAGING_SCHEMA.remove(STAGING_SCHEMA.get_field_index("jpg"))
 
 
@@ -158,6 +164,16 @@ def keys_for(first: int, n: int, shard_size: int) -> pa.Array:
         pc.utf8_lpad(pc.cast(pa.array(index), pa.string()), index_digits(shard_size), "0"), "")
 
 
+def additional_columns(table: pa.Table, names: Sequence[str], rows: Sequence[tuple]) -> pa.Table:
+    """`table` with a column per additional input column, from each row's (name, value) pairs; types as
+    Arrow infers them (text where every value is missing)."""
+    for name in names:
+        values = [dict(r).get(name) for r in rows]
+        array = pa.array(values)
+        table = table.append_column(name, array.cast(pa.string()) if pa.types.is_null(array.type) else array)
+    return table
+
+
 def to_table(samples: Sequence[Sample], schema: pa.Schema) -> pa.Table:
     columns = {name: [] for name in schema.names}
     for s in samples:
@@ -168,14 +184,20 @@ def to_table(samples: Sequence[Sample], schema: pa.Schema) -> pa.Table:
             elif isinstance(value, Enum):
                 value = value.value
             columns[name].append(value)
-    return pa.table(columns, schema=schema)
+    table = pa.table(columns, schema=schema)
+    names = list(dict.fromkeys(name for s in samples for name, _value in s.additional))
+    return additional_columns(table, names, [s.additional for s in samples]) if names else table
 
 
 def from_table(table: pa.Table) -> list[Sample]:
+    """Samples from a shard's or the plan's Parquet; columns that are not Sample's own are additional ones."""
     out = []
+    extra = [name for name in table.column_names if name not in OWN_COLUMNS]
     for row in table.to_pylist():
         row["matched_query_ids"] = tuple(row.get("matched_query_ids") or ())
         row["selected_query_ids"] = tuple(row.get("selected_query_ids") or ())
+        if extra:
+            row["additional"] = tuple((name, row.pop(name)) for name in extra)
         out.append(Sample(**row))
     return out
 
