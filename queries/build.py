@@ -42,6 +42,7 @@ class QueryBuildOptions(Options):
     out: str = option(help="directory for queries.txt, queries.tsv and composition.json")
     inputs: QueryInputs = option(default_factory=QueryInputs, help="inputs")
     thresholds: Thresholds = option(default_factory=Thresholds, help="thresholds")
+    progress: bool = option(True, help="show the counting's progress (bytes read, rate, ETA) on a terminal")
 
 
 @dataclass
@@ -136,7 +137,7 @@ def build(opts: QueryBuildOptions, beam_args: Sequence[str] = ()) -> Result:
         # A bigram counted c times has both its words counted at least c times, so unigrams under the smaller
         # threshold can go in the job: the assembler never holds every word ever seen.
         run_count(inputs.work, inputs.wikipedia, inputs.pageviews, min(t.min_word_count, t.min_bigram_count),
-                  t.min_bigram_count, t.min_views, beam_args)
+                  t.min_bigram_count, t.min_views, beam_args, None if opts.progress else False)
     if inputs.wikipedia:
         read["unigram"] = read_counts([fileio.join(inputs.work, "unigrams-*.tsv")], "unigram", 1)
         if FileSystems.match([fileio.join(inputs.work, "bigrams-*.tsv")])[0].metadata_list:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bz2
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator, Optional
 
 import mwparserfromhell
 
@@ -44,8 +44,9 @@ def plain_text(wikitext: str) -> str:
     return code.strip_code(normalize=True, collapse=True)
 
 
-def iter_pages(stream: BinaryIO, path: str) -> Iterator[Page]:
-    """Pages of one dump stream; errors name `path` and the last good page."""
+def iter_pages(stream: BinaryIO, path: str, on_page: Optional[Callable[[], None]] = None) -> Iterator[Page]:
+    """Pages of one dump stream; errors name `path` and the last good page. `on_page` is called after
+    every page, articles or not (progress)."""
     last = None
     try:
         for _event, elem in ET.iterparse(stream, events=("end",)):
@@ -65,6 +66,8 @@ def iter_pages(stream: BinaryIO, path: str) -> Iterator[Page]:
                 yield Page(title.text, plain_text(text_elem.text))
             last = title.text
             elem.clear()
+            if on_page is not None:
+                on_page()
     except ET.ParseError as e:
         line, column = e.position
         raise QueryInputError(f"{path}: malformed XML at line {line}, column {column} (after page {last!r})") from e
@@ -72,12 +75,13 @@ def iter_pages(stream: BinaryIO, path: str) -> Iterator[Page]:
         raise QueryInputError(f"{path}: truncated or corrupt compressed stream (after page {last!r}): {e}") from e
 
 
-def read_dump(path: str) -> Iterator[Page]:
-    """Open a dump through Beam FileSystems; .bz2 (multistream too) is decompressed here."""
+def read_dump(path: str, on_bytes: Optional[Callable[[int], None]] = None) -> Iterator[Page]:
+    """Open a dump through Beam FileSystems; .bz2 (multistream too) is decompressed here. `on_bytes` hears,
+    after each page, how far into the file (as stored) reading has come."""
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
     raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
     with raw:
         stream = bz2.BZ2File(raw) if path.endswith(".bz2") else raw
-        yield from iter_pages(stream, path)
+        yield from iter_pages(stream, path, (lambda: on_bytes(raw.tell())) if on_bytes else None)

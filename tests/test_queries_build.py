@@ -119,3 +119,16 @@ def test_wit_build_takes_the_produced_files(inputs, tmp_path):
         assert stats["stages"]["selected"] == 1 and stats["stages"]["failed_to_download"] == 1
         head = dict(stats["per_query_before_balancing"]["head"])
         assert head["new york"] == 1 and head["ice cream"] == 1
+
+
+def test_counting_shows_its_progress_on_a_terminal(inputs, tmp_path, capsys):
+    from queries.count import run_count
+
+    d, dump, _views, _wn = inputs
+    run_count(str(tmp_path / "w"), [str(dump)], [str(d / "pageviews-*")], 60, 60, 1000, ["--runner=DirectRunner"],
+              show_progress=True)
+    err = capsys.readouterr().err
+    total = dump.stat().st_size + sum(p.stat().st_size for p in d.glob("pageviews-*"))
+    assert "counting: 100%" in err and f"{total / 1024:.2f}k/{total / 1024:.2f}k" in err.replace("kB", "k")
+    run_count(str(tmp_path / "v"), [str(dump)], [], 60, 60, 1000, ["--runner=DirectRunner"], show_progress=False)
+    assert "counting" not in capsys.readouterr().err
