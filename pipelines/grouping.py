@@ -177,13 +177,15 @@ class CombineInPartitions(beam.PTransform):
     """
 
     def __init__(self, fn: beam.CombineFn, key: Callable[[Any], Any], partition: Callable[[Any], int],
-                 step: Optional[str]):
+                 step: Optional[str], lists: bool = False):
         super().__init__()
         self.fn, self.key, self.partition, self.step = fn, key, partition, step
+        self.lists = lists  # the input elements are packed lists of values
 
     def expand(self, kv):
+        combine = (_CombineListsInBundle if self.lists else _CombineInBundle)(self.fn, self.key, self.partition)
         return (kv
-                | "CombineInBundle" >> beam.ParDo(_CombineInBundle(self.fn, self.key, self.partition))
+                | "CombineInBundle" >> beam.ParDo(combine)
                 | "GroupPartition" >> beam.GroupByKey()
                 | "MergePartition" >> beam.ParDo(_MergePartition(self.fn, self.step)))
 
@@ -215,6 +217,14 @@ class _CombineInBundle(beam.DoFn):
     def finish_bundle(self):
         for kv in self._lists():
             yield windowed(kv)
+
+
+class _CombineListsInBundle(_CombineInBundle):
+    """The same, over the values of `pack`ed lists: one Beam element per list, not per value."""
+
+    def process(self, packed):
+        for value in unpack(packed):
+            yield from super().process(value)
 
 
 class _MergePartition(beam.DoFn):
@@ -267,30 +277,57 @@ class Smallest(beam.CombineFn):
 class KeeperPerKey(beam.PTransform):
     """(key, value) in; (key, value, keeper) out for every value, the keeper being the key's smallest value by
     `rank`. No worker groups more than `max_group` values of one key: larger keys get their keeper from a
-    combine. Values cross the shuffles in packed lists, spread over `partitions` by their key."""
+    combine. Values cross the shuffles in packed lists, spread over `partitions` by their key.
 
-    def __init__(self, step: str, rank: Callable, max_group: int = MAX_GROUP, partitions: int = 1):
+    `keyed(element)` may make the (key, value) of each input element as it is batched, saving a step of its
+    own; with `as_lists` the output is lists of (key, value, keeper), one per partition (or hot value), so
+    the next step takes them a list at a time: a Beam element costs more than the work on one value."""
+
+    def __init__(self, step: str, rank: Callable, max_group: int = MAX_GROUP, partitions: int = 1,
+                 keyed: Optional[Callable] = None, as_lists: bool = False):
         super().__init__()
         self.step, self.rank, self.max_group, self.partitions = step, rank, max_group, partitions
+        self.keyed, self.as_lists = keyed, as_lists
 
     def expand(self, kv):
         n, max_group = self.partitions, self.max_group
-        batches = kv | "Batch" >> beam.ParDo(Batches(BATCH)) | "Pack" >> beam.Map(pack)
+        batches = kv | "Batch" >> beam.ParDo(_PackedBatches(BATCH, self.keyed))
         hot = (batches
-               | "Unpack" >> beam.FlatMap(unpack)
-               | "Sizes" >> CombineInPartitions(beam.combiners.CountCombineFn(), _first, lambda k: spread(k, n), None)
+               | "Sizes" >> CombineInPartitions(beam.combiners.CountCombineFn(), _first, lambda k: spread(k, n), None,
+                                                lists=True)
                | "HotKeys" >> beam.Filter(lambda kn: kn[1] > max_group))
         split = batches | "SplitHot" >> beam.ParDo(_SplitHot(), beam.pvalue.AsDict(hot)).with_outputs(_HOT, main="cold")
         cold = (split.cold
                 | "ListsPerPartition" >> beam.ParDo(ListsPerKey(lambda kv: spread(kv[0], n)))
                 | "GroupPartition" >> beam.GroupByKey()
-                | "KeepersOfPartition" >> beam.ParDo(_KeepersOfPartition(self.step, self.rank)))
+                | "KeepersOfPartition" >> beam.ParDo(_KeepersOfPartition(self.step, self.rank, self.as_lists)))
         keepers = (split[_HOT]
                    | "HotKeeper" >> beam.CombinePerKey(Smallest(self.rank, None)).with_hot_key_fanout(HOT_KEY_FANOUT)
                    | "KeeperOnly" >> beam.ParDo(_KeeperOnly()))
-        warm = split[_HOT] | "WithHotKeeper" >> beam.Map(lambda kv, k: (kv[0], kv[1], k[kv[0]]),
-                                                         beam.pvalue.AsDict(keepers))
+        as_lists = self.as_lists
+        warm = split[_HOT] | "WithHotKeeper" >> beam.Map(
+            lambda kv, k: [(kv[0], kv[1], k[kv[0]])] if as_lists else (kv[0], kv[1], k[kv[0]]),
+            beam.pvalue.AsDict(keepers))
         return (cold, warm) | "AllKept" >> beam.Flatten()
+
+
+class _PackedBatches(Batches):
+    """Elements in; packed lists of up to `size` (key, value) out, `keyed` making them from the elements."""
+
+    def __init__(self, size: int, keyed: Optional[Callable] = None):
+        super().__init__(size)
+        self.keyed = keyed
+
+    def process(self, element):
+        self.batch.append(element if self.keyed is None else self.keyed(element))
+        if len(self.batch) >= self.size:
+            yield pack(self.batch)
+            self.batch = []
+
+    def finish_bundle(self):
+        if self.batch:
+            yield windowed(pack(self.batch))
+            self.batch = []
 
 
 BATCH = 4096  # values a packed list holds
@@ -324,8 +361,8 @@ class _SplitHot(beam.DoFn):
 
 
 class _KeepersOfPartition(beam.DoFn):
-    def __init__(self, step: str, rank: Callable):
-        self.step, self.rank = step, rank
+    def __init__(self, step: str, rank: Callable, as_lists: bool = False):
+        self.step, self.rank, self.as_lists = step, rank, as_lists
 
     def process(self, item):
         _partition, lists = item
@@ -334,11 +371,15 @@ class _KeepersOfPartition(beam.DoFn):
             for key, value in unpack(packed):
                 groups.setdefault(key, []).append(value)
         sizes = key_sizes(self.step)
+        out = []
         for key, values in groups.items():
             sizes.update(len(values))
             keeper = min(values, key=self.rank)
-            for v in values:
-                yield key, v, keeper
+            out += [(key, v, keeper) for v in values]
+        if self.as_lists:
+            yield out
+        else:
+            yield from out
 
 
 class _KeeperOnly(beam.DoFn):

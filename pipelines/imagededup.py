@@ -13,8 +13,9 @@ most t blocks, so they agree on every block of at least one of the C(B, t)
 sets of B - t blocks. Each set is a *table*, keyed by the hash masked to its
 blocks, and only images sharing a key in some table are compared. B grows
 with the number of images (`tables_for`), so a key has enough bits that a
-group holds a few images of uniform hashes whatever the dataset's size; the
-comparisons within a group run in a numba kernel that verifies the distance.
+group holds at most a few hundred images of uniform hashes whatever the
+dataset's size; the comparisons within a group run in a numba kernel that
+verifies the distance.
 
 Real pHashes are not uniform: blank, solid-colour and placeholder images
 collapse onto a few values, and a million of them in one group would cost a
@@ -94,7 +95,12 @@ def near_duplicates(infos: Sequence[ImageInfo], threshold: int) -> dict[str, Ima
 
 # ---------------------------------------------------------------- tables
 
-TARGET_GROUP = 8  # images of uniform hashes expected per (table, key); B grows until groups are this small
+# Images of uniform hashes expected per (table, key); B grows until groups are no larger. Each table costs
+# every image about a microsecond in the Beam stage (its entry crosses a shuffle), a comparison in a group
+# about 2 ns: groups of up to 512 cost an image at most 0.5 us of comparisons a table, and keep 4*10^8
+# images at 15 tables (20-bit keys, 381 images a key) where groups of 8 took 35. A group of uniform hashes
+# stays far below LIMIT (5 standard deviations over 512 is 625).
+TARGET_GROUP = 512
 MAX_TABLES = 64  # B stops growing before it needs more tables than this (at large thresholds)
 LIMIT = 2_000  # members of a group compared pairwise; larger groups are the degenerate class
 
@@ -288,12 +294,15 @@ def by_rank(g: Group) -> Group:
     return take(g, np.lexsort((g.uid, -g.pixels, g.ref < 0)))
 
 
-def group_found(g: Group, mask: int, threshold: int, limit: int = LIMIT) -> tuple[Found, int]:
-    """The downloaded members of `g` (in `by_rank` order) that a better member sharing their key in one
-    table is near, and the size of the largest group compared pairwise (groups over `limit` are the
-    degenerate class: their members are marked `hot`)."""
+def group_found(g: Group, mask: int, threshold: int, limit: int = LIMIT, ranked: bool = True) -> tuple[Found, int]:
+    """The downloaded members of `g` (in `by_rank` order, unless not `ranked`) that a better member sharing
+    their key in one table is near, and the size of the largest group compared pairwise (groups over
+    `limit` are the degenerate class: their members are marked `hot`)."""
     keys = g.phash & np.uint64(mask)
-    order = np.argsort(keys, kind="stable")  # by key, in rank order within a key
+    if ranked:
+        order = np.argsort(keys, kind="stable")  # by key, in rank order within a key
+    else:  # one sort for both: by key, then by rank
+        order = np.lexsort((g.uid, -g.pixels, g.ref < 0, keys))
     g, keys = take(g, order), keys[order]
     best, hot = better_members(keys, g.phash, g.ref >= 0, threshold, limit)
     sizes = np.diff(np.flatnonzero(np.r_[True, keys[1:] != keys[:-1], True]))
@@ -355,8 +364,8 @@ class ImageDedup(beam.PTransform):
         tables = tables_for(self.threshold, self.images + len(self.refs)) if self.threshold >= 0 else None
         exact = (
             infos
-            | "BySha256" >> beam.Map(lambda i: (i[3], (i[0], i[1], i[2], None, i[4], i[5])))  # the hash once
-            | "KeeperPerSha256" >> KeeperPerKey("sha256", _rank, self.max_group, partitions_for(self.images, 50_000))
+            | "KeeperPerSha256" >> KeeperPerKey("sha256", _rank, self.max_group, partitions_for(self.images, 50_000),
+                                                keyed=_by_sha256, as_lists=True)
             | "ExactDup" >> beam.ParDo(_ExactDup(tables, self.refs)).with_outputs(_FOUND, main="kept")
         )
         found = exact[_FOUND]
@@ -374,6 +383,11 @@ class ImageDedup(beam.PTransform):
 
 
 _FOUND = "found"
+
+
+def _by_sha256(info: tuple) -> tuple:
+    """(sha256, the info without it): the hash travels once."""
+    return info[3], (info[0], info[1], info[2], None, info[4], info[5])
 
 
 def shard_verdicts(lists: Iterable[tuple[int, bytes]], refs: Sequence[EvalImage],
@@ -413,17 +427,21 @@ class _ExactDup(beam.DoFn):
     def start_bundle(self):
         self.rows: list[tuple] = []
 
-    def process(self, item):
-        _sha, info, keeper = item
-        if info[0] == keeper[0]:
-            yield info
-            return
-        near = self.index.near(info[4]) if self.index else None
-        uid, shard = int(info[0], 16), info[2]
-        if near:
-            self.rows.append((uid, shard, near[1], False, False, near[0], 0, 0, 0))
-        else:
-            self.rows.append((uid, shard, 0, False, True, -1, keeper[5], int(keeper[0], 16), int(keeper[1])))
+    def process(self, items: list):
+        """A list of (sha256, info, keeper); the keepers go on as one list."""
+        kept = []
+        for _sha, info, keeper in items:
+            if info[0] == keeper[0]:
+                kept.append(info)
+                continue
+            near = self.index.near(info[4]) if self.index else None
+            uid, shard = int(info[0], 16), info[2]
+            if near:
+                self.rows.append((uid, shard, near[1], False, False, near[0], 0, 0, 0))
+            else:
+                self.rows.append((uid, shard, 0, False, True, -1, keeper[5], int(keeper[0], 16), int(keeper[1])))
+        if kept:
+            yield kept
 
     def finish_bundle(self):
         if self.rows:
@@ -462,9 +480,20 @@ class _BestPerShard(beam.DoFn):
             yield windowed(kv)
 
 
+def to_wire(g: Group) -> list:
+    """A downloaded images' Group as it crosses the shuffle once per table: 32 bytes an image, not 48 (pixels
+    and shard fit 32 bits; `ref` is -1 for every downloaded image, so it stays home)."""
+    return [g.uid, g.phash, g.pixels.astype(np.int32), g.shard.astype(np.int32), g.key]
+
+
+def from_wire(columns: list) -> Group:
+    uid, phash, pixels, shard, key = columns
+    return Group(uid, phash, pixels.astype(np.int64), shard.astype(np.int64), np.full(len(uid), -1, np.int64), key)
+
+
 class _TableEntries(beam.DoFn):
-    """A bundle's images in; ((table, partition), packed members) out: one element per table partition
-    and bundle, not one per (table, image)."""
+    """Lists of a bundle's images in; ((table, partition), packed members) out: one element per table
+    partition and bundle, not one per (table, image)."""
 
     def __init__(self, tables: Tables, partitions: int):
         self.tables, self.partitions = tables, partitions
@@ -472,8 +501,8 @@ class _TableEntries(beam.DoFn):
     def start_bundle(self):
         self.infos: list[tuple] = []
 
-    def process(self, info: tuple):
-        self.infos.append(info)
+    def process(self, infos: list):
+        self.infos += infos
 
     def finish_bundle(self):
         if not self.infos:
@@ -483,8 +512,7 @@ class _TableEntries(beam.DoFn):
         for table, mask in enumerate(self.tables.masks):
             where = partition_of(g.phash & np.uint64(mask), table, self.partitions)
             for p in np.unique(where).tolist():
-                part = take(g, np.flatnonzero(where == p))
-                yield windowed(((table, p), pack(list(part))))
+                yield windowed(((table, p), pack(to_wire(take(g, np.flatnonzero(where == p))))))
 
 
 class _NearInPartition(beam.DoFn):
@@ -501,9 +529,9 @@ class _NearInPartition(beam.DoFn):
         mask = self.tables.masks[table]
         r = self.ref_group
         mine = np.flatnonzero(partition_of(r.phash & np.uint64(mask), table, self.partitions) == p)
-        g = by_rank(join(Group, [Group(*unpack(part)) for part in parts] + [take(r, mine)]))
+        g = join(Group, [from_wire(unpack(part)) for part in parts] + [take(r, mine)])
         key_sizes("phash_partition").update(len(g.uid))
-        found, largest = group_found(g, mask, self.threshold, self.limit)
+        found, largest = group_found(g, mask, self.threshold, self.limit, ranked=False)
         key_sizes("phash_group").update(largest)
         if len(found.uid):
             yield found

@@ -5,8 +5,8 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.imagededup import (EvalImage, ImageDedup, ImageInfo, best_found, best_of, find_near, found_rows,
-                                  hamming, near_duplicates, shard_verdicts, tables_for)
+from pipelines.imagededup import (LIMIT, TARGET_GROUP, EvalImage, ImageDedup, ImageInfo, best_found, best_of,
+                                  find_near, found_rows, hamming, near_duplicates, shard_verdicts, tables_for)
 from wit.shardformat import Status
 
 
@@ -29,9 +29,11 @@ def test_every_pair_within_the_threshold_shares_a_key_in_some_table(threshold, i
 
 
 def test_keys_grow_with_the_number_of_images_so_groups_stay_small():
-    small, large = tables_for(4, 200), tables_for(4, 4 * 10**8)
+    small, large, larger = tables_for(4, 200), tables_for(4, 4 * 10**8), tables_for(4, 10**10)
     assert len(small.masks) == 5  # threshold + 1 blocks while that keeps groups small
-    assert large.key_bits >= 26 and 4 * 10**8 / 2 ** large.key_bits <= 8 and len(large.masks) <= 64
+    for n, t in ((4 * 10**8, large), (10**10, larger)):  # a group of uniform hashes: at most TARGET_GROUP
+        assert n / 2 ** t.key_bits <= TARGET_GROUP < LIMIT and len(t.masks) <= 64
+    assert len(large.masks) == 15 and len(larger.masks) == 35  # 20- and 27-bit keys
 
 
 def _infos(n=200, seed=1, sha_mod=97):
