@@ -462,8 +462,10 @@ def test_additional_columns_reach_the_parquet_and_the_json(built, tmp_path):
     for row in table.to_pylist():
         source = inputs[row["source_file"]][row["source_row"]]
         assert (row["fault"], row["image_id"]) == (source["fault"], source["image_id"])
+    rows = {r["key"]: r for r in table.to_pylist()}
     with tarfile.open(sorted(glob.glob(f"{out}/shards/*.tar"))[0]) as tar:
-        record = _json.loads(tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith(".json"))).read())
-    assert record["fault"] == "ok" and isinstance(record["image_id"], int)
+        records = [_json.loads(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".json")]
+    assert records and all((r["fault"], r["image_id"]) == (rows[r["key"]]["fault"], rows[r["key"]]["image_id"])
+                           and isinstance(r["image_id"], int) for r in records)
     with pytest.raises(Exception, match="--save-additional-columns url: 'url' is a column wit writes itself"):
         replace(_opts(built["inputs"], out), save_additional_columns=("url",))
