@@ -25,9 +25,9 @@ from urllib3 import BaseHTTPResponse, PoolManager
 from urllib3.exceptions import HTTPError
 
 from pipelines import robots
-from wit.netguard import NetworkPolicy, pool_manager
 from pipelines.responses import Failure, failure, get, read_body, redirect_target
 from wit import USER_AGENT
+from wit.netguard import NetworkPolicy, pool_manager
 from wit.options import Options, option
 from wit.shardformat import OPT_OUT_KINDS, ErrorKind
 

@@ -18,9 +18,9 @@ from PIL import Image
 from pipelines import robots
 from pipelines.download import download_shard
 from pipelines.fetch import FetchOptions, fetch
-from wit.netguard import NetworkPolicy, refusal, resolve_allowed
 from pipelines.resize import ResizeOptions
 from wit import shardformat as shards
+from wit.netguard import NetworkPolicy, refusal, resolve_allowed
 from wit.shardformat import ErrorKind as K
 
 
