@@ -83,8 +83,8 @@ class Writer:
 
     def cite(self) -> str:
         r = self.rng
-        site = r.choice(["com", "org"])
-        return (f"<ref name=\"r{r.randint(1, 99999)}\">{{{{cite web |url=https://www.example.{site}/"
+        name, site = r.randint(1, 99999), r.choice(["com", "org"])  # in this order: the dump stays the same
+        return (f"<ref name=\"r{name}\">{{{{cite web |url=https://www.example.{site}/"
                 f"{self.phrase(3).replace(' ', '-')} |title={self.phrase(r.randint(3, 9))} |last={self.title()} "
                 f"|first={self.title()} |date={r.randint(1995, 2024)}-{r.randint(1, 12):02d}-{r.randint(1, 28):02d} "
                 f"|website={self.title()} |access-date=2024-0{r.randint(1, 9)}-1{r.randint(0, 9)}}}}}</ref>")
