@@ -190,13 +190,8 @@ def _match_candidates(patterns: Sequence[str]) -> list[tuple[str, int, float]]:
 
 
 def _finished_shards(out: str) -> frozenset[int]:
-    pattern = fileio.join(fileio.escape(out), "shards", "*_stats.json")
-    found = set()
-    for m in FileSystems.match([pattern])[0].metadata_list:
-        name = m.path.rsplit("/", 1)[-1].split("_", 1)[0]
-        if name.isdigit() and shardformat.is_finished(out, int(name)):
-            found.add(int(name))
-    return frozenset(found)
+    return frozenset(shard for shard, _path in shardformat.numbered_files(out, "shards", "_stats.json")
+                     if shardformat.is_finished(out, shard))
 
 
 def _clean_temporaries(out: str) -> None:

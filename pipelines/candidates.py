@@ -27,6 +27,7 @@ import lzma
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from itertools import repeat
 from typing import BinaryIO, Iterable, Iterator, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
@@ -335,15 +336,10 @@ def _read_rows(part: Part, url_col: str, caption_col: str,
                     return
                 except Exception as e:  # pyarrow raises several types for corrupt pages
                     raise _Damaged(f"corrupt Parquet data: {e}") from e
-                if additional:
-                    extra = list(zip(*(batch.column(2 + i).to_pylist() for i in range(len(additional)))))
-                    for i, (url, caption) in enumerate(zip(batch.column(0).to_pylist(),
-                                                           batch.column(1).to_pylist())):
-                        yield validate(url, caption, path, row, extra[i])
-                        row += 1
-                    continue
-                for url, caption in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
-                    yield validate(url, caption, path, row)
+                columns = [column.to_pylist() for column in batch.columns]
+                extras = zip(*columns[2:]) if additional else repeat(())
+                for url, caption, extra in zip(columns[0], columns[1], extras):
+                    yield validate(url, caption, path, row, extra)
                     row += 1
         elif part.fmt == "jsonl":
             yield from _jsonl(_lines(stream, part), part, url_col, caption_col, additional)

@@ -17,7 +17,6 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field, replace
-from email.utils import parsedate_to_datetime
 from typing import Optional
 from urllib.parse import urlsplit
 
@@ -27,13 +26,12 @@ from urllib3.exceptions import HTTPError
 from pipelines import robots
 from pipelines.responses import Failure, failure, get, read_body, redirect_target
 from wit import USER_AGENT
-from wit.netguard import NetworkPolicy, pool_manager
+from wit.netguard import RETRYABLE_STATUS, NetworkPolicy, pool_manager, retry_after_seconds
 from wit.options import Options, option
 from wit.shardformat import OPT_OUT_KINDS, ErrorKind
 
 # img2dataset's defaults: the directives by which sites opt out of AI datasets.
 DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
-RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -152,20 +150,6 @@ class _HostSlots:
 
 
 _host_slots = _HostSlots()
-
-
-def retry_after_seconds(value: Optional[str]) -> Optional[float]:
-    """Retry-After as seconds: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _check_url(url: str) -> Optional[Failure]:

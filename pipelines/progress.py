@@ -16,8 +16,6 @@ import threading
 import time
 from typing import Optional, TextIO
 
-from apache_beam.io.filesystems import FileSystems
-
 from wit import fileio, shardformat
 from wit.shardformat import Status
 
@@ -67,25 +65,16 @@ class DownloadProgress:
             except Exception:  # progress must never fail the build; the next poll tries again
                 pass
 
-    def _names(self, folder: str, suffix: str) -> list[tuple[int, str]]:
-        pattern = fileio.join(fileio.escape(fileio.join(self.out, folder)), f"*{suffix}")
-        found = []
-        for m in FileSystems.match([pattern])[0].metadata_list:
-            name = m.path.rsplit("/", 1)[-1][: -len(suffix)]
-            if name.isdigit():
-                found.append((int(name), m.path))
-        return found
-
     def poll(self) -> None:
         """Counts the shards that reached staging or were written since the last poll."""
-        for shard, path in self._names("_staging", ".parquet"):
+        for shard, path in shardformat.numbered_files(self.out, "_staging", ".parquet"):
             if shard not in self.done:
                 try:
                     status = shardformat.read_parquet(path, columns=["status"]).column("status").to_pylist()
                 except Exception:  # being renamed into place, or just written over: next time
                     continue
                 self._count(shard, len(status), sum(s == Status.SUCCESS.value for s in status))
-        for shard, path in self._names("shards", "_stats.json"):
+        for shard, path in shardformat.numbered_files(self.out, "shards", "_stats.json"):
             if shard not in self.done:
                 try:
                     stats = json.loads(fileio.read_bytes(path))

@@ -41,7 +41,7 @@ from urllib3.exceptions import HTTPError
 from queries.errors import QueryInputError
 from wit import USER_AGENT
 from wit.errors import WitError
-from wit.netguard import BlockedAddress, NetworkPolicy, pool_manager
+from wit.netguard import RETRYABLE_STATUS, BlockedAddress, NetworkPolicy, pool_manager, retry_after_seconds
 from wit.options import Options, option
 
 WIKIMEDIA = "https://dumps.wikimedia.org"
@@ -51,7 +51,6 @@ WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 ARTICLES_JOB = "articlesmultistreamdump"
 CHUNK = 1 << 20
 MAX_REDIRECTS = 5
-RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _DATE = re.compile(r"^\d{8}$")
 
 
@@ -213,8 +212,7 @@ class _Attempt:
         problem = Problem.NETWORK if resp.status in RETRYABLE_STATUS else Problem.HTTP
         self._fail(DownloadError(problem, f"{self.url}: http {resp.status} {resp.reason or ''}".strip()),
                    retryable=problem is Problem.NETWORK)
-        value = resp.headers.get("Retry-After", "")
-        self.retry_after = float(value) if value.strip().isdigit() else None
+        self.retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
 
     def failed_network(self, e: Exception) -> None:
         self._fail(DownloadError(Problem.NETWORK, f"{self.url}: {type(e).__name__}: {e}"), retryable=True)

@@ -371,7 +371,7 @@ def test_robots_txt_answers_follow_rfc_9309(status, expected):
 def test_retry_after_takes_seconds_or_an_http_date():
     from email.utils import format_datetime
 
-    from pipelines.fetch import retry_after_seconds
+    from wit.netguard import retry_after_seconds
 
     assert retry_after_seconds("120") == 120.0
     soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=30)

@@ -8,7 +8,10 @@ check sits in urllib3's connection: it resolves the name once, refuses every
 range of IANA's special-purpose registries (private, loopback, link-local,
 shared, documentation, ...), multicast and the IPv4-mapped, 6to4 and NAT64
 forms of those, and connects to the very address it checked. Every redirect hop opens its own
-connection, so every hop is checked.
+connection, so every hop is checked. A watchdog holds each exchange to its deadline (`deadline`).
+
+Both of wit's fetchers (images, and the query list's dumps) take their connections from here, and their
+retry rules: which answers are worth another try, and how long a server's Retry-After asks to wait.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Iterator, Optional
 
@@ -30,6 +34,23 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
 from urllib3.util import connection as u3connection
+
+
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def retry_after_seconds(value: Optional[str]) -> Optional[float]:
+    """Retry-After as seconds: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 @dataclass(frozen=True)

@@ -291,6 +291,19 @@ def write_shard(out_dir: str, shard: int, samples: Sequence[Sample]) -> dict:
     return stats
 
 
+def numbered_files(out_dir: str, folder: str, suffix: str) -> list[tuple[int, str]]:
+    """(shard, path) of DIR/folder/NNNNN{suffix}: the shards that reached a stage (staging, written)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = fileio.join(fileio.escape(fileio.join(out_dir, folder)), f"*{suffix}")
+    found = []
+    for m in FileSystems.match([pattern])[0].metadata_list:
+        name = m.path.rsplit("/", 1)[-1][: -len(suffix)]
+        if name.isdigit():
+            found.append((int(name), m.path))
+    return found
+
+
 def is_finished(out_dir: str, shard: int) -> bool:
     p = paths(out_dir, shard)
     return all(fileio.exists(p[k]) for k in ("tar", "parquet", "stats"))
