@@ -23,11 +23,13 @@ LOG_EVERY = 60.0  # seconds between lines when there is no terminal
 
 
 class DownloadProgress:
-    """Polls DIR every `interval` seconds from a thread of the driver while the download job runs."""
+    """Polls DIR every `interval` seconds from a thread of the driver while the download job runs (by
+    default 2 s on a local disk; 30 s on an object store, where a listing of 40,000 shards is 40 requests)."""
 
-    def __init__(self, out: str, shards: int, finished: frozenset[int], interval: float = 2.0,
+    def __init__(self, out: str, shards: int, finished: frozenset[int], interval: Optional[float] = None,
                  stream: Optional[TextIO] = None, bar: Optional[bool] = None) -> None:
-        self.out, self.shards, self.interval = out, shards, interval
+        self.out, self.shards = out, shards
+        self.interval = interval if interval is not None else (30.0 if "://" in out else 2.0)
         self.stream = stream or sys.stderr
         self.bar_wanted = self.stream.isatty() if bar is None else bar
         self.done: set[int] = set(finished)
