@@ -18,6 +18,7 @@ REQUIRED = {
     ("tokenizer", "train"): (["--shards", "s", "--out", "t"], dict(shards=("s",), out="t")),
     ("train",): (["--shards", "s", "--out", "o"], dict(shards=("s",), out="o")),
     ("eval",): (["--checkpoint", "c", "--shards", "s"], dict(checkpoint="c", shards=("s",))),
+    ("export", "openclip"): (["--checkpoint", "c", "--out", "o"], dict(checkpoint="c", out="o")),
 }
 
 
@@ -26,7 +27,7 @@ def test_help_lists_subcommands(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for command in ("build", "demo", "synthweb", "report", "queries", "tokenizer", "train", "eval"):
+    for command in ("build", "demo", "synthweb", "report", "queries", "tokenizer", "train", "eval", "export"):
         assert command in out
 
 

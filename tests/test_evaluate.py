@@ -2,7 +2,8 @@
 
 import torch
 
-from trainer.evaluate import _captions, recall_at_k, retrieval_shards, set_names
+from trainer.evaluate import _captions, recall_at_k, retrieval_shards, set_names, write_retrieval_set
+from wit.shardformat import iter_tar
 
 
 def _clip_benchmark_recall(scores, positive, k):
@@ -27,6 +28,21 @@ def test_recall_with_several_captions_per_image_equals_clip_benchmarks():
     assert 0 < ours["image_to_text_R@1"] < ours["image_to_text_R@10"] <= 1
 
 
+def test_identical_captions_of_two_images_tie_as_clip_benchmark_breaks_ties():
+    torch.manual_seed(2)
+    images = torch.nn.functional.normalize(torch.randn(30, 8), dim=-1)
+    owner = torch.arange(30).repeat_interleave(2)
+    texts = torch.nn.functional.normalize(images[owner] + 1.5 * torch.randn(60, 8), dim=-1)
+    texts[1::4] = texts[3::4]  # image 2i's second caption is image 2i+1's second caption
+    ours = recall_at_k(images, texts, (1, 5), owner=owner)
+    scores = texts @ images.T
+    positive = torch.zeros_like(scores, dtype=torch.bool)
+    positive[torch.arange(len(scores)), owner] = True
+    for k in (1, 5):
+        assert ours[f"text_to_image_R@{k}"] == _clip_benchmark_recall(scores, positive, k)
+        assert ours[f"image_to_text_R@{k}"] == _clip_benchmark_recall(scores.T, positive.T, k)
+
+
 def test_one_caption_per_image_is_the_diagonal():
     torch.manual_seed(1)
     feats = torch.nn.functional.normalize(torch.randn(8, 4), dim=-1)
@@ -42,3 +58,16 @@ def test_captions_are_lines_and_sets_are_named_apart(tmp_path):
     (tmp_path / "dataset_type.txt").write_text("retrieval\n")
     (tmp_path / "test" / "nshards.txt").write_text("2\n")
     assert [p.rsplit("/", 2)[-2:] for p in retrieval_shards(str(tmp_path))] == [["test", "0.tar"], ["test", "1.tar"]]
+
+
+def test_a_written_retrieval_set_reads_back_in_clip_benchmarks_layout(tmp_path):
+    samples = [(bytes([i]) * 10, [f"caption {i}", f"another {i}"][: 1 + i % 2]) for i in range(5)]
+    assert write_retrieval_set(str(tmp_path), samples, shard_size=2) == 5
+    assert (tmp_path / "dataset_type.txt").read_text() == "retrieval\n"
+    assert (tmp_path / "test" / "nshards.txt").read_text() == "3\n"
+    def fail(e: Exception) -> bool:
+        raise e
+
+    read = [s for path in retrieval_shards(str(tmp_path)) for s in iter_tar(path, fail)]
+    assert [(s["jpg"], _captions(s)) for s in read] == samples
+    assert [s["__key__"] for s in read] == [f"s{i:07d}" for i in range(5)]

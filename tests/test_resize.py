@@ -3,7 +3,9 @@ import io
 import pytest
 from PIL import Image
 
-from pipelines.resize import ResizeError, ResizeOptions, resize_image
+import numpy as np
+
+from pipelines.resize import ResizeError, ResizeOptions, _area_taps, _lanczos4_taps, _resized, resize_image
 
 
 def _img(w, h, fmt="JPEG", mode="RGB", **save):
@@ -173,3 +175,29 @@ def test_exif_tags_are_kept_as_json_in_exifreads_names():
     assert tags["Image Make"] == "Acme" and tags["Image Orientation"] == "1"
     assert tags["EXIF DateTimeOriginal"] == "2024:05:01 10:00:00"
     assert resize_image(_img(40, 30), ResizeOptions(image_size=32)).exif is None
+
+
+def _dense(cols, weights, src):
+    m = np.zeros((len(cols), src))
+    np.add.at(m, (np.arange(len(cols))[:, None].repeat(cols.shape[1], 1), cols), weights)
+    return m
+
+
+def test_shrinking_averages_exact_areas_as_opencvs_inter_area():
+    # 3 -> 2 pixels: each output covers 1.5 inputs, the middle one split between them
+    assert np.allclose(_dense(*_area_taps(3, 2), 3), [[2 / 3, 1 / 3, 0], [0, 1 / 3, 2 / 3]])
+    row = Image.fromarray(np.array([[0, 90, 180]] * 3, np.uint8), "L")
+    assert np.asarray(_resized(row, (2, 3))).tolist() == [[30, 150]] * 3
+    assert np.allclose(_dense(*_area_taps(4, 2), 4), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])  # whole pixels
+
+
+def test_enlarging_is_lanczos_with_four_lobes_and_replicated_edges():
+    m = _dense(*_lanczos4_taps(5, 10), 5)
+    assert np.allclose(m.sum(axis=1), 1)
+    # output 0's centre lies at input -0.25: taps at -4 .. 3, 0.75 past the first of each pair
+    t = np.array([0.75 + 3 - k for k in range(8)])
+    w = np.sinc(t) * np.sinc(t / 4)
+    w /= w.sum()
+    assert np.isclose(m[0, 0], w[:5].sum()) and np.allclose(m[0, 1:4], w[5:])  # taps left of the edge -> pixel 0
+    flat = Image.new("RGB", (7, 5), (10, 200, 77))
+    assert np.all(np.asarray(_resized(flat, (20, 14))) == (10, 200, 77))

@@ -128,23 +128,21 @@ def retrieval(model: CLIP, tok: Tokenizer, shards: Sequence[str], device: torch.
 def recall_at_k(image_feats: torch.Tensor, text_feats: torch.Tensor, ks: Sequence[int] = (1, 5, 10),
                 owner: Optional[torch.Tensor] = None) -> dict:
     """Text t describes image owner[t] (default: text i describes image i). text_to_image R@k: the share of
-    texts whose image ranks in the top k; image_to_text R@k: the share of images with any of their texts
-    in the top k (clip_benchmark's image_retrieval_recall@k and text_retrieval_recall@k). A rank counts
-    the candidates scoring strictly higher."""
+    texts whose image is among the k images scoring highest; image_to_text R@k: the share of images with
+    any of their texts among the k texts scoring highest (clip_benchmark's image_retrieval_recall@k and
+    text_retrieval_recall@k). Ties, as identical captions of two images make, are broken by torch.topk
+    over the same score matrix and its transpose, as clip_benchmark breaks them."""
     owner = torch.arange(len(text_feats), device=text_feats.device) if owner is None else owner
     sims = text_feats @ image_feats.T  # texts x images
-    texts = torch.arange(len(sims), device=sims.device)
-    true = sims[texts, owner]
-    text_rank = (sims > true[:, None]).sum(dim=1)  # each text's image among all images
-    # each text among all texts for its image; an image's best text decides
-    image_rank = (sims.T[owner] > true[:, None]).sum(dim=1)
-    best = torch.full((len(image_feats),), len(sims), device=sims.device, dtype=image_rank.dtype)
-    best = best.scatter_reduce(0, owner, image_rank, reduce="amin")
+    kmax = max(ks)
+    text_hits = sims.topk(min(kmax, sims.shape[1]), dim=1).indices == owner[:, None]
+    image_top = sims.T.topk(min(kmax, sims.shape[0]), dim=1).indices
+    image_hits = owner[image_top] == torch.arange(len(image_feats), device=sims.device)[:, None]
     out = {}
     for k in ks:
-        out[f"image_to_text_R@{k}"] = (best < k).float().mean().item()
+        out[f"image_to_text_R@{k}"] = image_hits[:, :k].any(dim=1).float().mean().item()
     for k in ks:
-        out[f"text_to_image_R@{k}"] = (text_rank < k).float().mean().item()
+        out[f"text_to_image_R@{k}"] = text_hits[:, :k].any(dim=1).float().mean().item()
     return out
 
 
@@ -249,11 +247,26 @@ def write_classification_set(directory: str, classnames: Sequence[str], template
     test/0.tar .. and test/nshards.txt, keys `s0000000`. The demo writes its colour set this way."""
     fileio.write_bytes(fileio.join(directory, CLASSNAMES), ("\n".join(classnames) + "\n").encode())
     fileio.write_bytes(fileio.join(directory, TEMPLATES), ("\n".join(templates) + "\n").encode())
+    return _write_test_split(directory, ({image_ext: image, "cls": str(label).encode()} for image, label in samples),
+                             shard_size)
+
+
+def write_retrieval_set(directory: str, samples: Iterable[tuple[bytes, Sequence[str]]], shard_size: int = 10_000,
+                        image_ext: str = "jpg") -> int:
+    """A retrieval set in clip_benchmark's layout: dataset_type.txt says `retrieval`, and each sample's txt
+    holds its image's captions, one per line."""
+    fileio.write_bytes(fileio.join(directory, "dataset_type.txt"), b"retrieval\n")
+    return _write_test_split(
+        directory, ({image_ext: image, "txt": "\n".join(captions).encode()} for image, captions in samples),
+        shard_size)
+
+
+def _write_test_split(directory: str, samples: Iterable[dict[str, bytes]], shard_size: int) -> int:
     count = shards = 0
     for shard, batch in enumerate(_batches(samples, shard_size)):
         members = []
-        for image, label in batch:
-            members += [(f"s{count:07d}.{image_ext}", image), (f"s{count:07d}.cls", str(label).encode())]
+        for sample in batch:
+            members += [(f"s{count:07d}.{ext}", value) for ext, value in sample.items()]
             count += 1
         with fileio.atomic_open(fileio.join(directory, "test", f"{shard}.tar")) as f:
             write_members(f, members)

@@ -58,6 +58,7 @@ class CLIPConfig:
     embed_dim: int
     vision: VisionConfig
     text: TextConfig = field(default_factory=TextConfig)
+    quick_gelu: bool = True  # OpenAI's activation; False: exact GELU, as OpenCLIP's LAION-trained weights use
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,7 +67,8 @@ class CLIPConfig:
     def from_dict(d: dict) -> "CLIPConfig":
         v = dict(d["vision"])
         v["resnet_layers"] = tuple(v["resnet_layers"])
-        return CLIPConfig(embed_dim=d["embed_dim"], vision=VisionConfig(**v), text=TextConfig(**d["text"]))
+        return CLIPConfig(embed_dim=d["embed_dim"], vision=VisionConfig(**v), text=TextConfig(**d["text"]),
+                          quick_gelu=d.get("quick_gelu", True))
 
     def with_vocab(self, vocab_size: int, eot_id: int) -> "CLIPConfig":
         return replace(self, text=replace(self.text, vocab_size=vocab_size, eot_id=eot_id))
@@ -118,13 +120,14 @@ class Attention(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, quick_gelu: bool = True):
         super().__init__()
         self.ln_1 = LayerNorm(width)
         self.attn = Attention(width, heads)
         self.ln_2 = LayerNorm(width)
         self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(width, 4 * width)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(4 * width, width)),
+            ("c_fc", nn.Linear(width, 4 * width)), ("gelu", QuickGELU() if quick_gelu else nn.GELU()),
+            ("c_proj", nn.Linear(4 * width, width)),
         ]))
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
@@ -133,10 +136,10 @@ class ResidualBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, causal: bool = False):
+    def __init__(self, width: int, layers: int, heads: int, causal: bool = False, quick_gelu: bool = True):
         super().__init__()
         self.width, self.layers, self.causal = width, layers, causal
-        self.resblocks = nn.ModuleList([ResidualBlock(width, heads) for _ in range(layers)])
+        self.resblocks = nn.ModuleList([ResidualBlock(width, heads, quick_gelu) for _ in range(layers)])
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,7 +164,7 @@ class Transformer(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, cfg: VisionConfig, output_dim: int):
+    def __init__(self, cfg: VisionConfig, output_dim: int, quick_gelu: bool = True):
         super().__init__()
         width, grid = cfg.width, cfg.image_size // cfg.patch_size
         self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
@@ -169,7 +172,7 @@ class VisionTransformer(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, cfg.layers, cfg.heads)
+        self.transformer = Transformer(width, cfg.layers, cfg.heads, quick_gelu=quick_gelu)
         self.transformer.init_weights()
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
@@ -282,12 +285,12 @@ class ModifiedResNet(nn.Module):
 
 
 class TextTransformer(nn.Module):
-    def __init__(self, cfg: TextConfig, output_dim: int):
+    def __init__(self, cfg: TextConfig, output_dim: int, quick_gelu: bool = True):
         super().__init__()
         self.eot_id = cfg.eot_id
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
-        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, causal=True)
+        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, causal=True, quick_gelu=quick_gelu)
         self.ln_final = LayerNorm(cfg.width)
         self.text_projection = nn.Parameter(torch.empty(cfg.width, output_dim))
         nn.init.normal_(self.token_embedding.weight, std=0.02)
@@ -307,11 +310,13 @@ class CLIP(nn.Module):
     def __init__(self, cfg: CLIPConfig):
         super().__init__()
         self.config = cfg
-        tower = VisionTransformer if cfg.vision.kind == "vit" else ModifiedResNet
-        if cfg.vision.kind not in ("vit", "resnet"):
+        if cfg.vision.kind == "vit":
+            self.visual: nn.Module = VisionTransformer(cfg.vision, cfg.embed_dim, cfg.quick_gelu)
+        elif cfg.vision.kind == "resnet":
+            self.visual = ModifiedResNet(cfg.vision, cfg.embed_dim)
+        else:
             raise ValueError(f"unknown vision tower {cfg.vision.kind!r}")
-        self.visual = tower(cfg.vision, cfg.embed_dim)
-        self.text = TextTransformer(cfg.text, cfg.embed_dim)
+        self.text = TextTransformer(cfg.text, cfg.embed_dim, cfg.quick_gelu)
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
         self.register_buffer("image_mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("image_std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1) * 255, persistent=False)

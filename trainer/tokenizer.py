@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
+from tokenizers import Regex
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -34,7 +35,10 @@ class TokenizerOptions(Options):
 
 def train_tokenizer(captions: Iterable[str], vocab_size: int = 49408, min_frequency: int = 2) -> "Tokenizer":
     bpe = HFTokenizer(models.BPE())
-    bpe.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase(), normalizers.Strip()])
+    # Runs of whitespace fold to one space, as OpenCLIP's tokenizer wrapper folds them before tokenizing, so an
+    # exported model reads a caption as wit read it.
+    bpe.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase(),
+                                           normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()])
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD, SOT, EOT],

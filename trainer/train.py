@@ -13,7 +13,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 import torch
@@ -21,10 +21,11 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from trainer import data
+from trainer import data, openclip
 from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.loss import distributed_clip_loss
 from trainer.model import CLIP, CONFIGS, CLIPConfig, config
+from trainer.openclip import Folder
 from trainer.tokenizer import Tokenizer, train_tokenizer
 from wit import fileio
 from wit.errors import InputError
@@ -41,8 +42,10 @@ class TrainConfig(Options):
     shards: tuple[str, ...] = option(help="training shards: glob or directory")
     out: str = option(help="directory for checkpoints, tokenizer.json and TensorBoard logs")
     model: str = option("ViT-B-32", help="architecture", choices=tuple(CONFIGS))
-    tokenizer: Optional[str] = option(None, help="tokenizer.json (default OUT/tokenizer.json, trained on the "
-                                                 "shards if absent)")
+    tokenizer: Optional[str] = option(None, help="tokenizer.json (default OUT/tokenizer.json, else the --init-from "
+                                                 "folder's, else trained on the shards)")
+    init_from: Optional[str] = option(None, help="start from the weights of an OpenCLIP model folder (as `wit export "
+                                                 "openclip` writes) of the same architecture")
     vocab_size: int = option(49408, help="vocabulary when training the tokenizer")
     batch_size: int = option(256, help="per rank")
     steps: int = option(10_000, help="optimizer steps of the whole schedule")
@@ -150,12 +153,19 @@ def autocast(device: torch.device, precision: str):
     return nullcontext()
 
 
-def prepare_tokenizer(cfg: TrainConfig, shards: list[str], dist_: Dist) -> Tokenizer:
+def prepare_tokenizer(cfg: TrainConfig, shards: list[str], dist_: Dist, init: Optional[Folder] = None) -> Tokenizer:
     path = cfg.tokenizer or fileio.join(cfg.out, "tokenizer.json")
     if not fileio.exists(path):
         if cfg.tokenizer:
             raise InputError(f"--tokenizer {path}: no such file")
-        if dist_.main:
+        if init is not None:
+            if init.tokenizer is None:
+                raise InputError(f"--init-from {init.path}: has no {openclip.TOKENIZER} (it uses OpenCLIP's own BPE); "
+                                 f"pass --tokenizer with a tokenizers JSON of the same vocabulary")
+            if dist_.main:
+                init.tokenizer.save(path)
+            dist_.barrier()
+        elif dist_.main:
             print(f"no tokenizer at {path}: training a byte-level BPE ({cfg.vocab_size} tokens) on the captions")
             tok = train_tokenizer(data.iter_captions(shards), vocab_size=cfg.vocab_size)
             tok.save(path)
@@ -166,8 +176,15 @@ def prepare_tokenizer(cfg: TrainConfig, shards: list[str], dist_: Dist) -> Token
     return tok
 
 
-def build_model(cfg: TrainConfig, tok: Tokenizer) -> tuple[CLIPConfig, CLIP]:
+def build_model(cfg: TrainConfig, tok: Tokenizer, init: Optional[Folder] = None) -> tuple[CLIPConfig, CLIP]:
     model_cfg = config(cfg.model).with_vocab(tok.vocab_size, tok.eot_id)
+    if init is not None:
+        if not openclip.same_architecture(init.config, model_cfg):
+            named = openclip.architecture_name(init.config)
+            hint = f"pass --model {named}" if named else "wit has no such architecture"
+            raise InputError(f"--init-from {init.path}: not a {cfg.model} ({hint})")
+        openclip.check_tokenizer(init, tok)
+        model_cfg = replace(model_cfg, quick_gelu=init.config.quick_gelu)
     torch.manual_seed(cfg.seed)
     return model_cfg, CLIP(model_cfg)
 
@@ -189,8 +206,9 @@ def train(cfg: TrainConfig) -> dict:
     """Trains to `cfg.steps` (resuming from OUT/checkpoints if there is one) and returns a summary."""
     d = setup_distributed(cfg.device)
     shards = data.list_shards(cfg.shards)
-    tok = prepare_tokenizer(cfg, shards, d)
-    model_cfg, model = build_model(cfg, tok)
+    init = openclip.read_folder(cfg.init_from) if cfg.init_from else None
+    tok = prepare_tokenizer(cfg, shards, d, init)
+    model_cfg, model = build_model(cfg, tok, init)
     model.to(d.device)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
@@ -201,7 +219,7 @@ def train(cfg: TrainConfig) -> dict:
     resume_from = latest_checkpoint(cfg.out) if cfg.resume else None
     if resume_from:
         ckpt = load_checkpoint(resume_from, d.device)
-        if ckpt["model_config"] != model_cfg.to_dict():
+        if CLIPConfig.from_dict(ckpt["model_config"]) != model_cfg:
             raise InputError(f"{resume_from} holds a different model than --model {cfg.model}; use another --out")
         if ckpt["shards"] != shards or ckpt["world_size"] != d.world_size:
             raise InputError(f"{resume_from} was trained on other shards or another number of ranks "
@@ -212,6 +230,10 @@ def train(cfg: TrainConfig) -> dict:
         step, loader_states = ckpt["step"], ckpt["loader"]
         if d.main:
             print(f"resuming from {resume_from} at step {step}")
+    elif init is not None:
+        openclip.init_model(init, model)
+        if d.main:
+            print(f"starting from the weights of {init.weights}")
 
     loader = data.Loader(
         data.StreamConfig(tuple(shards), cfg.batch_size, model_cfg.vision.image_size, tok.to_str(), cfg.seed,

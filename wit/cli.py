@@ -66,13 +66,19 @@ COMMANDS = (
             "trainer.train:TrainConfig", "wit.commands:train",
             description="Resumes from OUT/checkpoints when present. Several GPUs: "
                         "torchrun --nproc_per_node N -m wit.cli train ..."),
+    Command(("export", "openclip"), "a checkpoint -> an OpenCLIP model folder (open_clip, clip_benchmark)",
+            "trainer.openclip:ExportOptions", "wit.commands:export_openclip",
+            description="The folder loads with open_clip.create_model_and_transforms('local-dir:OUT') and "
+                        "open_clip.get_tokenizer('local-dir:OUT') (the tokenizer needs `transformers`); "
+                        "`wit train --init-from OUT` starts from it."),
     Command(("eval",), "zero-shot classification and retrieval R@1/5/10",
             "trainer.evaluate:EvalOptions", "wit.commands:evaluate",
             description="--zeroshot DIR: classnames.txt, zeroshot_classification_templates.txt ({c} = class "
                         "name) and tar shards with an image and cls per sample (clip_benchmark's webdataset "
                         "layout). --shards: held-out image-caption shards for retrieval."),
 )
-GROUPS = {"queries": "regenerate CLIP's 500,000-query list", "tokenizer": "the text tower's BPE tokenizer"}
+GROUPS = {"queries": "regenerate CLIP's 500,000-query list", "tokenizer": "the text tower's BPE tokenizer",
+          "export": "a trained model in another tool's format"}
 
 
 def _chosen(argv: Sequence[str]) -> tuple[str, ...]:

@@ -78,6 +78,15 @@ def train(opts, beam_args: Sequence[str]) -> int:
     return 0
 
 
+def export_openclip(opts, beam_args: Sequence[str]) -> int:
+    from trainer.openclip import export
+
+    paths = export(opts.checkpoint, opts.out, opts.hub_id)
+    print(f"wrote {len(paths)} files to {opts.out}; load with "
+          f"open_clip.create_model_and_transforms('local-dir:{opts.out}')")
+    return 0
+
+
 def evaluate(opts, beam_args: Sequence[str]) -> int:
     from trainer.evaluate import evaluate as run_eval, format_results, load_for_eval
     from wit import fileio
