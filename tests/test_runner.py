@@ -8,3 +8,31 @@ def test_the_local_runner_is_chosen_explicitly_and_others_are_kept():
     assert pipeline_options(["--runner=DirectRunner"]).view_as(StandardOptions).runner == LOCAL_RUNNER
     assert pipeline_options(["--runner", "DataflowRunner"]).view_as(StandardOptions).runner == "DataflowRunner"
     assert pipeline_options(["--runner=PrismRunner"]).view_as(StandardOptions).runner == "PrismRunner"
+
+
+def test_the_local_runner_sends_everything_it_writes_while_its_send_queue_is_full():
+    """What the runner writes to a worker's input stream while a flush of that stream is being handed to a
+    full send queue (here: a callback that takes 0.3 s) must still reach the worker. Beam's timed flushing
+    (every second) dropped it; the stream the runner makes for its workers must have no such timer."""
+    import threading
+    import time
+
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+    from apache_beam.runners.worker.data_plane import ClosableOutputStream
+
+    pipeline_options([])
+    sent = []
+
+    def to_send_queue(data: bytes) -> None:
+        time.sleep(0.3)
+        sent.append(len(data))
+
+    before = threading.active_count()
+    stream = ClosableOutputStream.create(to_send_queue, to_send_queue, worker_handlers.DATA_BUFFER_TIME_LIMIT_MS)
+    assert threading.active_count() == before  # no flushing thread
+    chunk = b"x" * 100_000
+    for _ in range(15):  # 1.5 s of writing: past one timed flush
+        stream.write(chunk)
+        time.sleep(0.1)
+    stream.close()
+    assert sum(sent) == 15 * len(chunk)
