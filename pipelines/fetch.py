@@ -23,11 +23,10 @@ from urllib.parse import urlsplit
 from urllib3 import BaseHTTPResponse, PoolManager
 from urllib3.exceptions import HTTPError
 
-from pipelines import robots
-from pipelines.responses import Failure, failure, get, read_body, redirect_target
-from wit import USER_AGENT
+from wit import USER_AGENT, robots
 from wit.netguard import RETRYABLE_STATUS, NetworkPolicy, pool_manager, retry_after_seconds
 from wit.options import Options, option
+from wit.responses import Failure, failure, get, read_body, redirect_target
 from wit.shardformat import OPT_OUT_KINDS, ErrorKind
 
 # img2dataset's defaults: the directives by which sites opt out of AI datasets.

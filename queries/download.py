@@ -39,10 +39,11 @@ from urllib3 import BaseHTTPResponse, PoolManager, Timeout
 from urllib3.exceptions import HTTPError
 
 from queries.errors import QueryInputError
-from wit import USER_AGENT
+from wit import USER_AGENT, robots
 from wit.errors import WitError
-from wit.netguard import RETRYABLE_STATUS, BlockedAddress, NetworkPolicy, pool_manager, retry_after_seconds
+from wit.netguard import RETRYABLE_STATUS, NetworkPolicy, pool_manager, retry_after_seconds
 from wit.options import Options, option
+from wit.shardformat import ErrorKind
 
 WIKIMEDIA = "https://dumps.wikimedia.org"
 WORDNET_URL = "https://wordnetcode.princeton.edu/3.0/WordNet-3.0.tar.gz"
@@ -68,6 +69,8 @@ class DownloadOptions(Options):
     timeout: float = option(60.0, help="seconds a connection may stay silent before the transfer is retried")
     retries: int = option(5, help="retries per file after a failure that made no progress")
     retry_backoff: float = option(2.0, help="first backoff in seconds, doubled each retry")
+    max_retry_after: float = option(600.0, help="longest Retry-After (429/503) waited for; a longer one ends "
+                                                "the file's retries")
     user_agent_token: str = option("wit", help="name matched against robots.txt groups")
     allow_private_networks: bool = option(False, help="fetch from loopback, private and link-local addresses "
                                                       "(a mirror on the intranet, tests)")
@@ -81,6 +84,8 @@ class DownloadOptions(Options):
                 self.refuse(name, "must not be negative")
         if self.timeout <= 0:
             self.refuse("timeout", "must be positive")
+        if self.max_retry_after < 0:
+            self.refuse("max_retry_after", "must not be negative")
         if urlsplit(self.site).scheme not in ("http", "https"):
             self.refuse("site", "must be an http or https URL")
 
@@ -127,10 +132,10 @@ class Client:
 
     def __init__(self, opts: DownloadOptions, sleep: Callable[[float], None] = time.sleep) -> None:
         self.opts = opts
-        self.pool: PoolManager = pool_manager(NetworkPolicy(opts.allow_private_networks), per_host=1, hosts=8)
+        self.policy = NetworkPolicy(opts.allow_private_networks)
+        self.pool: PoolManager = pool_manager(self.policy, per_host=1, hosts=8)
         self.headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
         self.sleep = sleep
-        self._robots: dict[str, object] = {}
 
     def open(self, url: str, start: int = 0) -> tuple[BaseHTTPResponse, str]:
         """The response to GET `url` (from byte `start`), redirects followed with each hop checked."""
@@ -173,30 +178,21 @@ class Client:
             attempt.wait()
 
     def _check_robots(self, url: str) -> None:
-        from protego import Protego
-
-        parts = urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
-        rules = self._robots.get(origin)
-        if rules is None:
-            try:
-                resp = self.pool.request("GET", origin + "/robots.txt", headers=self.headers, redirect=True,
-                                         retries=False, timeout=Timeout(connect=self.opts.timeout,
-                                                                        read=self.opts.timeout))
-            except BlockedAddress as e:
-                raise DownloadError(Problem.NETWORK, f"{origin}: {e.args[0].split(': ', 1)[-1]} (allow it "
-                                                     f"with --allow-private-networks)") from None
-            except HTTPError as e:
-                raise DownloadError(Problem.ROBOTS, f"{origin}/robots.txt: unreachable ({e}); RFC 9309 "
-                                                    f"forbids fetching from the host then") from None
-            if resp.status >= 500:
-                raise DownloadError(Problem.ROBOTS, f"{origin}/robots.txt: http {resp.status}; RFC 9309 "
-                                                    f"forbids fetching from the host then")
-            body = resp.data.decode("utf-8", errors="replace") if resp.status == 200 else ""
-            rules = self._robots[origin] = Protego.parse(body)
-        if not rules.can_fetch(url, self.opts.user_agent_token):
+        """The image fetcher's robots.txt reader (RFC 9309: redirects, a 500 KiB cap, no rules on a 4xx),
+        with its verdict as a DownloadError."""
+        refused = robots.verdict(url, self.opts.user_agent_token, self.pool, self.headers, self.opts.timeout,
+                                 time.monotonic() + self.opts.timeout, repr(self.policy))
+        if refused is None:
+            return
+        origin = "{0.scheme}://{0.netloc}".format(urlsplit(url))
+        if refused.kind is ErrorKind.BLOCKED_NETWORK:
+            raise DownloadError(Problem.NETWORK, f"{origin}: {refused.message} (allow it with "
+                                                 "--allow-private-networks)")
+        if refused.kind is ErrorKind.ROBOTS_TXT:
             raise DownloadError(Problem.ROBOTS, f"{url}: disallowed by {origin}/robots.txt "
                                                 f"for {self.opts.user_agent_token!r}")
+        raise DownloadError(Problem.ROBOTS, f"{origin}: {refused.message}; RFC 9309 forbids "
+                                            "fetching from the host then")
 
 
 class _Attempt:
@@ -210,9 +206,13 @@ class _Attempt:
 
     def failed_status(self, resp: BaseHTTPResponse) -> None:
         problem = Problem.NETWORK if resp.status in RETRYABLE_STATUS else Problem.HTTP
-        self._fail(DownloadError(problem, f"{self.url}: http {resp.status} {resp.reason or ''}".strip()),
-                   retryable=problem is Problem.NETWORK)
-        self.retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
+        error = DownloadError(problem, f"{self.url}: http {resp.status} {resp.reason or ''}".strip())
+        self._fail(error, retryable=problem is Problem.NETWORK)
+        wait = retry_after_seconds(resp.headers.get("Retry-After"))
+        if wait is not None and wait > self.opts.max_retry_after:
+            raise DownloadError(problem, f"{error}, Retry-After {wait:.0f}s: over --max-retry-after "
+                                         f"{self.opts.max_retry_after:g}s")
+        self.retry_after = wait
 
     def failed_network(self, e: Exception) -> None:
         self._fail(DownloadError(Problem.NETWORK, f"{self.url}: {type(e).__name__}: {e}"), retryable=True)

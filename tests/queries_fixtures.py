@@ -88,7 +88,8 @@ class DumpSite:
     """The Wikimedia dump site's layout on 127.0.0.1, with Range support, a request log and faults.
 
     `files` maps a URL path to its bytes; `cut` holds paths whose next answer stops halfway (once each);
-    `corrupt` paths are served with a byte flipped; `robots` is the robots.txt body.
+    `corrupt` paths are served with a byte flipped; `robots` is the robots.txt body; `redirects` maps a path
+    to where a 301 sends it; `refuse` maps a path to the (status, headers) of its next answer (once each).
     """
 
     def __init__(self) -> None:
@@ -99,6 +100,8 @@ class DumpSite:
         self.cut: set[str] = set()
         self.corrupt: set[str] = set()
         self.robots = "User-agent: *\nAllow: /\n"
+        self.redirects: dict[str, str] = {}
+        self.refuse: dict[str, tuple[int, dict[str, str]]] = {}
         self.log: list[tuple[str, str | None]] = []
         site = self
 
@@ -111,6 +114,13 @@ class DumpSite:
             def do_GET(self) -> None:
                 path = self.path.split("?")[0]
                 site.log.append((path, self.headers.get("Range")))
+                if path in site.redirects or path in site.refuse:
+                    status, headers = site.refuse.pop(path, None) or (301, {"Location": site.redirects[path]})
+                    self.send_response(status)
+                    for name, value in {**headers, "Content-Length": "0"}.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    return
                 if path == "/robots.txt":
                     body = site.robots.encode()
                 elif path in site.files:

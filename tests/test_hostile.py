@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from pipelines import robots
+from wit import robots
 from pipelines.download import download_shard
 from pipelines.fetch import FetchOptions, fetch
 from pipelines.resize import ResizeOptions

@@ -1,6 +1,7 @@
 """`wit queries download` against a loopback site with the dump site's layout, then `queries build --from`."""
 
 import json
+import time
 
 import pytest
 
@@ -8,6 +9,7 @@ from queries.download import DownloadError, DownloadOptions, Problem, download, 
 from queries.errors import QueryInputError
 from tests.queries_fixtures import (ARTICLE, DumpSite, page, publish_dump, publish_pageviews, wordnet_tarball,
                                     write_dump)
+from wit import robots
 from wit.cli import main
 
 VIEWS = ["en New_York 600 0", "en Hot%20dog 700 0", "de New_York 9999 0", "en Category:Cities 5000 0"]
@@ -129,10 +131,49 @@ def test_refusals_name_the_reason(site, tmp_path):
         download(_opts(site, tmp_path / "b", dump_date="20261120"))
     with pytest.raises(DownloadError, match="enwiki/20261231/dumpstatus.json|no run among 20261231"):
         download(_opts(site, tmp_path / "c", dump_date="20261231"))
+    robots.cache.clear()  # the verdict on this host is kept for the process
     site.robots = "User-agent: wit\nDisallow: /enwiki/\n"
     with pytest.raises(DownloadError, match="disallowed by .*/robots.txt for 'wit'") as e:
         download(_opts(site, tmp_path / "d"))
     assert e.value.problem is Problem.ROBOTS
+    robots.cache.clear()
+    site.robots = "User-agent: *\nAllow: /\n"
+    site.refuse["/robots.txt"] = (503, {})
+    with pytest.raises(DownloadError, match=r"127\.0\.0\.1:\d+: robots.txt unreachable: http 503; RFC 9309") as e:
+        download(_opts(site, tmp_path / "e"))
+    assert e.value.problem is Problem.ROBOTS
+
+
+def test_robots_txt_is_read_through_redirects_and_only_its_first_500_kib(site, tmp_path):
+    site.redirects["/robots.txt"] = "/moved/robots.txt"
+    site.files["/moved/robots.txt"] = b"User-agent: wit\nDisallow: /enwiki/\n"
+    with pytest.raises(DownloadError, match="disallowed by") as e:
+        download(_opts(site, tmp_path / "a"))
+    assert e.value.problem is Problem.ROBOTS
+    robots.cache.clear()
+    site.files["/moved/robots.txt"] = b"# padding\n" * 60_000 + b"User-agent: wit\nDisallow: /\n"  # past 500 KiB
+    assert download(_opts(site, tmp_path / "b"))["complete"]
+
+
+def test_a_retry_after_is_waited_for_up_to_its_limit(site, tmp_path):
+    from queries.download import _Attempt
+
+    wanted = "/wordnet/WordNet-3.0.tar.gz"
+    site.refuse[wanted] = (503, {"Retry-After": "86400"})  # a day
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"http 503.*Retry-After 86400s: over --max-retry-after 600s") as e:
+        download(_opts(site, tmp_path / "a"))
+    assert e.value.problem is Problem.NETWORK and time.monotonic() - started < 30
+
+    slept = []
+    attempt = _Attempt(site.url + wanted, _opts(site, tmp_path / "b"), slept.append)
+
+    class Busy:
+        status, reason, headers = 429, "Too Many Requests", {"Retry-After": "42"}
+
+    attempt.failed_status(Busy())
+    attempt.wait()
+    assert slept == [42.0]
 
 
 def test_build_from_refuses_other_inputs_and_a_missing_manifest(tmp_path, capsys):

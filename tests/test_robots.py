@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipelines.robots import parse
+from wit.robots import parse
 
 # RFC 9309, section 5.1 ("Simple Example")
 RFC_EXAMPLE = """\

@@ -21,7 +21,7 @@ from protego import Protego
 from urllib3 import PoolManager
 from urllib3.exceptions import HTTPError
 
-from pipelines.responses import Failure, failure, get, read_body, redirect_target
+from wit.responses import Failure, failure, get, read_body, redirect_target
 from wit.shardformat import ErrorKind
 
 MAX_BYTES = 500 * 1024
