@@ -52,16 +52,15 @@ def relax_gc() -> None:
         gc.set_threshold(*GC_THRESHOLDS)
 
 
-
 def exact_data_plane() -> None:
     """Turn off the local runner's timed flushing of what it sends to its workers.
 
-    Beam's FnApiRunner (2.77 and before) sends a stage's input to each worker through an output stream that
+    Beam's FnApiRunner (2.77) sends a stage's input to each worker through an output stream that
     a timer thread flushes every second (`DATA_BUFFER_TIME_LIMIT_MS`). That flush takes the buffer's bytes,
     hands them to the send queue, which blocks while the queue is full, then empties the buffer, and the
     writer is not locked out meanwhile: what the runner wrote during the hand-over is dropped. On the
-    multi-process runner that was whole chunks of a stage's input (1.2-11 MB, every run on a loaded 2-core
-    machine), and the build refused the plan. Without the timer, the stream sends when it is closed, as
+    multi-process runner that was a chunk of some stage's input (megabytes of whole elements) in every run
+    on a loaded 2-core machine, and the build refused the plan. Without the timer, the stream sends when it is closed, as
     Beam's own SDK workers do by default; a batch job gains nothing from the timer.
     """
     from apache_beam.runners.portability.fn_api_runner import worker_handlers
