@@ -159,7 +159,8 @@ def images_round_trip(work: str, bins: dict[str, str], count: int, check: Checks
         urls = os.path.join(work, "urls.parquet")
         pq.write_table(pa.table({"url": list(ours), "caption": [captions[u] for u in ours]}), urls)
         run([os.path.join(bins["img2dataset"], "img2dataset"), "--url_list", urls, "--input_format", "parquet",
-             "--url_col", "url", "--caption_col", "caption", "--output_folder", i2d, "--output_format", "webdataset", "--image_size", "256",
+             "--url_col", "url", "--caption_col", "caption", "--output_folder", i2d, "--output_format", "webdataset",
+             "--image_size", "256",
              "--resize_mode", "border", "--processes_count", "1", "--thread_count", "16", "--timeout", "5",
              "--number_sample_per_shard", "1000", "--enable_wandb", "False", "--disallowed_header_directives", "[]"],
             os.path.join(work, "img2dataset.log"))
@@ -187,7 +188,8 @@ def _drawings(seed: int) -> list[tuple[bytes, list[str]]]:
     for i, concept in enumerate(Concept(c, s) for c in COLOURS for s in SHAPES):
         jpg = resize_image(draw.encode(draw.render(draw.make_drawing(seed + 104729, i, concept))),
                            ResizeOptions()).jpeg
-        out.append((jpg, [f"a {concept.colour} {concept.shape}", f"a drawing of a {concept.shape} in {concept.colour}"]))
+        out.append((jpg, [f"a {concept.colour} {concept.shape}",
+                          f"a drawing of a {concept.shape} in {concept.colour}"]))
     return out
 
 
@@ -273,7 +275,8 @@ def model_round_trips(work: str, bins: dict[str, str], dataset: str, steps: int,
     shards = sorted(glob.glob(os.path.join(dataset, "shards", "*.tar")))
     logs = os.path.join(work, "open_clip_train")
     shutil.rmtree(logs, ignore_errors=True)
-    said = run([os.path.join(bins["openclip"], "python"), "-m", "open_clip_train.main", "--model", f"local-dir:{folder}",
+    said = run([os.path.join(bins["openclip"], "python"), "-m", "open_clip_train.main",
+                "--model", f"local-dir:{folder}",
                 "--train-data", "::".join(shards), "--dataset-type", "webdataset", "--batch-size", "32",
                 "--epochs", "1", "--workers", "1", "--lr", "1e-4", "--warmup", "2", "--precision", "fp32",
                 "--device", "cpu", "--logs", logs, "--name", "run", "--save-frequency", "1", "--report-to", ""],
@@ -291,7 +294,8 @@ def model_round_trips(work: str, bins: dict[str, str], dataset: str, steps: int,
     os.makedirs(back)
     for name in ("open_clip_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(os.path.join(folder, name), back)
-    shutil.copy(os.path.join(logs, "run", "checkpoints", "epoch_1.pt"), os.path.join(back, "open_clip_pytorch_model.bin"))
+    shutil.copy(os.path.join(logs, "run", "checkpoints", "epoch_1.pt"),
+                os.path.join(back, "open_clip_pytorch_model.bin"))
     again = os.path.join(work, "train-from-openclip")
     shutil.rmtree(again, ignore_errors=True)
     train(TrainConfig(shards=tuple(shards), out=again, model="tiny-vit", init_from=back, lr=0.0, steps=1, warmup=1,

@@ -132,7 +132,8 @@ def download_shard(samples: Sequence[Sample], fetch_opts: FetchOptions, resize_o
     return results  # type: ignore[return-value]
 
 
-FETCHED = (Status.SUCCESS, Status.DUPLICATE, Status.NEAR_DUPLICATE, Status.EVAL_DUPLICATE)  # statuses whose image was downloaded
+# statuses whose image was downloaded
+FETCHED = (Status.SUCCESS, Status.DUPLICATE, Status.NEAR_DUPLICATE, Status.EVAL_DUPLICATE)
 
 
 def image_info(shard: int, s: Sample) -> ImageInfo:

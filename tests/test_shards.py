@@ -34,7 +34,8 @@ def test_write_shards_writes_staged_shards_and_counts_finished_ones_too(tmp_path
     # what the image dedup stage found for shard 0, in two bundles: the image of uid 2 near a kept image in
     # two tables (the better one, key 000001, is named), the image of uid 1 near an evaluation image
     refs = (EvalImage("cifar", "7", 0),)
-    lists = [(0, (2, pack(list(found_rows([(2, 0, 1, False, False, -1, 40, 5, 2), (1, 0, 0, False, False, 0, 0, 0, 0)]))))),
+    rows = [(2, 0, 1, False, False, -1, 40, 5, 2), (1, 0, 0, False, False, 0, 0, 0, 0)]
+    lists = [(0, (2, pack(list(found_rows(rows))))),
              (0, (1, pack(list(found_rows([(2, 0, 2, False, False, -1, 50, 0, 1)])))))]
     p = beam.Pipeline("DirectRunner")
     _ = ((p | "Shards" >> beam.Create([0, 1]), p | "Verdicts" >> beam.Create(lists))

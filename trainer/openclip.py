@@ -133,7 +133,8 @@ def config_from_openclip(cfg: dict, where: str) -> CLIPConfig:
         else:
             v = VisionConfig("vit", image_size, vision.get("width", 768), layers, vision.get("patch_size", 16))
         vocab = text.get("vocab_size", 49408)
-        # argmax pooling reads the highest id, which is the end-of-text where that is the vocabulary's last (OpenAI's BPE)
+        # argmax pooling reads the highest id, which is the end-of-text where that is the vocabulary's last
+        # (OpenAI's BPE)
         eot = text.get("eos_id", 2) if pool == "eos" else vocab - 1
         t = TextConfig(text.get("context_length", 77), vocab, text.get("width", 512), text.get("layers", 12),
                        text.get("heads", 8), eot)
@@ -144,8 +145,10 @@ def config_from_openclip(cfg: dict, where: str) -> CLIPConfig:
 
 def same_architecture(a: CLIPConfig, b: CLIPConfig) -> bool:
     """Equal but for vocabulary, end-of-text id and activation, which a folder brings with it."""
-    strip = lambda c: (c.embed_dim, c.vision, c.text.context_length, c.text.width, c.text.layers, c.text.heads)
-    return strip(a) == strip(b)
+    def shape(c: CLIPConfig) -> tuple:
+        return c.embed_dim, c.vision, c.text.context_length, c.text.width, c.text.layers, c.text.heads
+
+    return shape(a) == shape(b)
 
 
 def architecture_name(cfg: CLIPConfig) -> Optional[str]:

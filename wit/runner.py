@@ -60,8 +60,8 @@ def exact_data_plane() -> None:
     hands them to the send queue, which blocks while the queue is full, then empties the buffer, and the
     writer is not locked out meanwhile: what the runner wrote during the hand-over is dropped. On the
     multi-process runner that was a chunk of some stage's input (megabytes of whole elements) in every run
-    on a loaded 2-core machine, and the build refused the plan. Without the timer, the stream sends when it is closed, as
-    Beam's own SDK workers do by default; a batch job gains nothing from the timer.
+    on a loaded 2-core machine, and the build refused the plan. Without the timer, the stream sends when it
+    is closed, as Beam's own SDK workers do by default; a batch job gains nothing from the timer.
     """
     from apache_beam.runners.portability.fn_api_runner import worker_handlers
 
