@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.grouping import ListsPerKey, unpack
-from pipelines.match import Pair
+from pipelines.match import Pair, ids_of
 from pipelines.stages import key_sizes
 from wit import fileio, shardformat
 from wit.runner import relax_gc
@@ -75,9 +75,17 @@ def _id_lists(lists: Sequence[tuple[int, ...]]) -> pa.ListArray:
     """Query-id tuples as an Arrow list column, built from flat values and offsets (3x pyarrow's own
     conversion of nested Python sequences)."""
     lengths = np.fromiter(map(len, lists), np.int32, len(lists))
-    offsets = np.zeros(len(lists) + 1, np.int32)
+    return _list_array(lengths, np.fromiter(chain.from_iterable(lists), np.int32, int(lengths.sum())))
+
+
+def _packed_id_lists(packed: Sequence[bytes]) -> pa.ListArray:
+    """`pack_ids`ed query ids as an Arrow list column."""
+    return _list_array(np.fromiter(map(len, packed), np.int32, len(packed)) >> 2, ids_of(b"".join(packed)))
+
+
+def _list_array(lengths: np.ndarray, values: np.ndarray) -> pa.ListArray:
+    offsets = np.zeros(len(lengths) + 1, np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    values = np.fromiter(chain.from_iterable(lists), np.int32, int(offsets[-1]))
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
@@ -90,7 +98,7 @@ def write_bucket(out: str, bucket: int, first: int, members: Sequence[tuple[str,
     table = pa.table({
         "key": keys_for(first, len(members), shard_size),
         "uid": uids, "url": urls, "caption": captions,
-        "matched_query_ids": _id_lists(matched), "selected_query_ids": _id_lists(selected),
+        "matched_query_ids": _packed_id_lists(matched), "selected_query_ids": _id_lists(selected),
         "source_file": [files[i] if 0 <= i < len(files) else None for i in file_ids],
         "source_row": [r if r >= 0 else None for r in rows],
     }, schema=PLAN_SCHEMA)

@@ -5,7 +5,7 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.balance import Balance, priority, select
-from pipelines.match import Pair
+from pipelines.match import Pair, pack_ids
 
 
 def _matches(n=600, queries=12, seed=3):
@@ -43,7 +43,7 @@ def _run_balance(matches, cap, seed, whole=frozenset(), unproven=()):
     """Beam's selection, its per-query counts and the largest number of pairs one query's bottom-k saw."""
     from pipelines import stages
 
-    pairs = [(uid, Pair(f"caption {uid}", f"http://x/{uid}", qs)) for uid, qs in matches.items()]
+    pairs = [(uid, Pair(f"caption {uid}", f"http://x/{uid}", pack_ids(qs))) for uid, qs in matches.items()]
     p = beam.Pipeline("DirectRunner")
     selected, matched, not_proven = p | beam.Create(pairs) | Balance(cap, seed, whole)
     assert_that(not_proven, equal_to(list(unproven)), label="Unproven")
@@ -72,7 +72,7 @@ def test_a_query_whose_bound_let_too_few_through_is_named_then_taken_whole(monke
     monkeypatch.setattr(balance, "expected_passing", lambda cap: cap / 3)  # a bound far too low, on purpose
     matches = _matches(n=1200)
     p = beam.Pipeline("DirectRunner")
-    pairs = [(uid, Pair(f"caption {uid}", f"http://x/{uid}", qs)) for uid, qs in matches.items()]
+    pairs = [(uid, Pair(f"caption {uid}", f"http://x/{uid}", pack_ids(qs))) for uid, qs in matches.items()]
     sizes = {q: sum(1 for qs in matches.values() if q in qs) for q in range(12)}
     _, _, unproven = p | beam.Create(pairs) | Balance(40, 2)
     assert_that(unproven, equal_to([q for q, n in sizes.items() if n > 40 / 3]))  # not proven: too few passed

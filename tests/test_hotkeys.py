@@ -16,7 +16,7 @@ from pipelines.build import BuildOptions, run_build
 from pipelines.fetch import FetchOptions
 from pipelines.match import QueryMatcher
 from pipelines.resize import ResizeOptions
-from pipelines.match import Pair
+from pipelines.match import Pair, ids_of, pack_ids
 from pipelines.urldedup import choose_pair, normalize_url, uid_for
 from wit.text import clean_caption
 
@@ -76,7 +76,7 @@ def test_the_output_is_the_reference_selection_and_dedup(hot):
     by_url: dict[str, list[Pair]] = {}
     for url, caption in hot["table"]:
         text = clean_caption(caption)
-        by_url.setdefault(normalize_url(url), []).append(Pair(text, url, matcher.match(text)))
+        by_url.setdefault(normalize_url(url), []).append(Pair(text, url, pack_ids(matcher.match(text))))
     chosen = {uid_for(u): choose_pair(ps)[0] for u, ps in by_url.items()}
     sketches = [textdedup.sketch(uid, p.caption, 0) for uid, p in chosen.items()]
     bands: dict[bytes, list] = {}
@@ -85,7 +85,8 @@ def test_the_output_is_the_reference_selection_and_dedup(hot):
             bands.setdefault(band, []).append(sk)
     dropped = {d.uid for members in bands.values() for d in textdedup.drops_in_bucket(members, 0.9)}
     assert len(dropped) >= REPEATS - 1  # the spam caption's pages, all but one
-    expected = balance.select({uid: p.matched for uid, p in chosen.items() if uid not in dropped}, CAP, seed=0)
+    expected = balance.select({uid: ids_of(p.matched).tolist() for uid, p in chosen.items() if uid not in dropped},
+                              CAP, seed=0)
     rows = [r for f in sorted(glob.glob(f"{hot['out']}/shards/*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert {r["uid"]: tuple(r["selected_query_ids"]) for r in rows} == expected
     assert {r["uid"]: r["caption"] for r in rows} == {uid: chosen[uid].caption for uid in expected}

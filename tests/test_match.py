@@ -130,7 +130,7 @@ def test_the_match_stage_keeps_matching_candidates_as_pairs_and_counts(tmp_path)
 
     from pipelines import stages
     from pipelines.candidates import Candidate
-    from pipelines.match import MatchQueries, Pair
+    from pipelines.match import MatchQueries, Pair, pack_ids
 
     (tmp_path / "q.txt").write_text("red\nred circle\nblue\n")
     captions = ["A red circle", "green", "blue sky", "nothing"]
@@ -138,8 +138,8 @@ def test_the_match_stage_keeps_matching_candidates_as_pairs_and_counts(tmp_path)
     pairs = (p | beam.Create([[Candidate(f"http://x/{i}", c, "f", i) for i, c in enumerate(captions)]])
              | MatchQueries(str(tmp_path / "q.txt"), files=["e", "f"]))
     # each pair names its input file (by index in the build's sorted list) and row
-    assert_that(pairs, equal_to([Pair("A red circle", "http://x/0", (0, 1), 1, 0),
-                                 Pair("blue sky", "http://x/2", (2,), 1, 2)]))
+    assert_that(pairs, equal_to([Pair("A red circle", "http://x/0", pack_ids((0, 1)), 1, 0),
+                                 Pair("blue sky", "http://x/2", pack_ids((2,)), 1, 2)]))
     result = p.run()
     result.wait_until_finish()
     counts = stages.from_metrics(result)

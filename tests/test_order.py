@@ -1,6 +1,6 @@
 import pytest
 
-from pipelines.match import Pair
+from pipelines.match import Pair, pack_ids
 from pipelines.order import (BUCKET_BYTES, bucket_of, bucket_offsets, buckets_for, ranked, read_index, read_shard,
                              write_bucket, write_index)
 from wit.shardformat import Status
@@ -8,7 +8,7 @@ from wit.shardformat import Status
 
 def _members(n=200):
     uids = sorted(f"{i * 2654435761 % 2**64:016x}" for i in range(1, n + 1))
-    return [(uid, Pair(f"caption {uid}", f"http://x/{uid}", (1, 2)), (2,)) for uid in uids]
+    return [(uid, Pair(f"caption {uid}", f"http://x/{uid}", pack_ids((1, 2))), (2,)) for uid in uids]
 
 
 @pytest.mark.parametrize("buckets", [1, 7, 300])

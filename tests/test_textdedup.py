@@ -2,7 +2,7 @@ import apache_beam as beam
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import textdedup
-from pipelines.match import Pair
+from pipelines.match import Pair, pack_ids
 from pipelines.textdedup import CAPTION_REPORT, CaptionDedup
 
 SPAM = [f"Buy cheap red shoes online at the best price in town today | ShoeShop {year}" for year in range(2000, 2010)]
@@ -36,7 +36,7 @@ def test_similar_captions_share_a_band_and_the_lowest_priority_is_kept():
 
 def test_caption_dedup_transform_drops_near_duplicates_and_reports_them(tmp_path):
     captions = SPAM + OTHER
-    pairs = [(f"u{i:02d}", Pair(c, f"http://x/{i}.jpg", (0,))) for i, c in enumerate(captions)]
+    pairs = [(f"u{i:02d}", Pair(c, f"http://x/{i}.jpg", pack_ids((0,)))) for i, c in enumerate(captions)]
     with beam.Pipeline("DirectRunner") as p:
         kept = p | beam.Create(pairs) | CaptionDedup(0.7, seed=0, out=str(tmp_path))
         kept_uids = kept | "KeptUids" >> beam.Keys()
@@ -52,7 +52,7 @@ def test_caption_dedup_transform_drops_near_duplicates_and_reports_them(tmp_path
 
 
 def test_caption_dedup_is_off_at_threshold_zero(tmp_path):
-    pairs = [(f"u{i:02d}", Pair(c, f"http://x/{i}.jpg", (0,))) for i, c in enumerate(SPAM)]
+    pairs = [(f"u{i:02d}", Pair(c, f"http://x/{i}.jpg", pack_ids((0,)))) for i, c in enumerate(SPAM)]
     with beam.Pipeline("DirectRunner") as p:
         kept = p | beam.Create(pairs) | CaptionDedup(0.0, seed=0, out=str(tmp_path))
         assert_that(kept, equal_to(pairs))

@@ -1,4 +1,4 @@
-from pipelines.match import Pair
+from pipelines.match import Pair, pack_ids
 from pipelines.urldedup import choose_pair, normalize_url, uid_for
 
 
@@ -12,10 +12,10 @@ def test_normalize_url():
 
 def test_choose_pair_prefers_most_matches_then_smallest_caption():
     kept, repeats, others = choose_pair([
-        Pair("b caption", "http://x/1", (1,)),
-        Pair("b caption", "http://x/1", (1,)),
-        Pair("a caption", "http://x/1", (1,)),
-        Pair("z caption", "http://x/1", (1, 2)),
+        Pair("b caption", "http://x/1", pack_ids((1,))),
+        Pair("b caption", "http://x/1", pack_ids((1,))),
+        Pair("a caption", "http://x/1", pack_ids((1,))),
+        Pair("z caption", "http://x/1", pack_ids((1, 2))),
     ])
     assert kept.caption == "z caption" and repeats == 1 and others == 2
 
@@ -29,7 +29,7 @@ def test_the_combine_equals_choose_pair_however_the_pairs_are_split():
     fn = OnePerUrl()
     for _ in range(200):
         captions = [rng.randrange(4) for _ in range(rng.randrange(1, 9))]
-        pairs = [Pair(f"caption {c}", "http://x/1", tuple(range(1 + c % 3))) for c in captions]  # as matched
+        pairs = [Pair(f"caption {c}", "http://x/1", pack_ids(range(1 + c % 3))) for c in captions]  # as matched
         parts = [[]]
         for p in pairs:  # the pairs cut into bundles at random, some empty
             if rng.random() < 0.4:
