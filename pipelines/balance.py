@@ -25,7 +25,7 @@ import apache_beam as beam
 import numpy as np
 
 from pipelines.grouping import Batches, CountPerKey, pack, unpack, windowed
-from pipelines.match import ids_of
+from pipelines.match import id_counts, ids_of
 from pipelines.stages import counter, key_sizes
 from wit.runner import relax_gc
 
@@ -92,13 +92,13 @@ BATCH = 4096  # pairs a Beam element of the balancing stage holds
 
 def to_batch(items: list, seed: int) -> tuple:
     n = len(items)
-    lengths = np.fromiter((len(pair[2]) for _uid, pair in items), np.int64, n) >> 2  # int32 ids
+    ids = [pair[2] for _uid, pair in items]
     return tuple(Batch(
         pack(items),
         np.fromiter((priority(seed, uid) for uid, _pair in items), np.uint64, n),
         np.fromiter((int(uid, 16) for uid, _pair in items), np.uint64, n),
-        ids_of(b"".join(pair[2] for _uid, pair in items)).astype(np.int64),
-        lengths))  # a plain tuple: Beam pickles a NamedTuple's class with every element
+        ids_of(b"".join(ids)).astype(np.int64),
+        id_counts(ids).astype(np.int64)))  # a plain tuple: Beam pickles a NamedTuple's class with every element
 
 
 class _Dense:

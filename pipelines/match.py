@@ -376,6 +376,11 @@ def ids_of(packed: bytes) -> np.ndarray:
     return np.frombuffer(packed, "<i4")
 
 
+def id_counts(packed: Sequence[bytes]) -> np.ndarray:
+    """How many ids each of `pack_ids`'s outputs holds."""
+    return np.fromiter(map(len, packed), np.int32, len(packed)) >> 2
+
+
 def _utf8(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """A large_string array's bytes and offsets, without copying."""
     _, off_buf, data_buf = arr.buffers()

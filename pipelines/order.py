@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.grouping import ListsPerKey, unpack
-from pipelines.match import Pair, ids_of
+from pipelines.match import Pair, id_counts, ids_of
 from pipelines.stages import key_sizes
 from wit import fileio, shardformat
 from wit.runner import relax_gc
@@ -80,7 +80,7 @@ def _id_lists(lists: Sequence[tuple[int, ...]]) -> pa.ListArray:
 
 def _packed_id_lists(packed: Sequence[bytes]) -> pa.ListArray:
     """`pack_ids`ed query ids as an Arrow list column."""
-    return _list_array(np.fromiter(map(len, packed), np.int32, len(packed)) >> 2, ids_of(b"".join(packed)))
+    return _list_array(id_counts(packed), ids_of(b"".join(packed)))
 
 
 def _list_array(lengths: np.ndarray, values: np.ndarray) -> pa.ListArray:

@@ -15,10 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from wit import robots
 from pipelines.download import download_shard
 from pipelines.fetch import FetchOptions, fetch
 from pipelines.resize import ResizeOptions
+from wit import robots
 from wit import shardformat as shards
 from wit.netguard import NetworkPolicy, refusal, resolve_allowed
 from wit.shardformat import ErrorKind as K
