@@ -79,7 +79,8 @@ class BuildOptions(Options):
                                                     "--near-dup-threshold of one of its images are dropped",
                                            metavar="PATH")
     shard_size: int = option(10_000, help="samples per shard")
-    threads: int = option(32, help="download threads per shard being fetched")
+    threads: int = option(0, help="requests in flight per worker process; 0: as many as keep every core "
+                                  "decoding, adapted to the latency the download sees")
     plan_only: bool = option(False, help="stop after the plan: DIR/plan (the selected pairs by shard, a URL "
                                          "list img2dataset takes), the per-query counts and stats.json; a later "
                                          "build into DIR downloads this plan")
@@ -95,8 +96,8 @@ class BuildOptions(Options):
             self.refuse("per_query_cap", "must be at least 1")
         if self.shard_size < 1:
             self.refuse("shard_size", "must be at least 1")
-        if self.threads < 1:
-            self.refuse("threads", "must be at least 1")
+        if self.threads < 0:
+            self.refuse("threads", "must not be negative")
         if self.max_group_size < 1:
             self.refuse("max_group_size", "must be at least 1")
         if self.min_caption_words < 0:

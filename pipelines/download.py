@@ -1,65 +1,87 @@
-"""Downloading one shard: fetch, decode, resize and hash every sample in a thread pool.
+"""Downloading shards: many requests in flight per process, decoding and resizing on every core.
 
-A shard is the unit of work (as in img2dataset): its samples are fetched
-concurrently by `threads` threads (the work is network-bound), decoded and
-resized by at most one thread per core (Pillow releases the GIL meanwhile),
-and the result is staged to one file so that image bytes never travel
-through a Beam shuffle.
+The network and the CPU are separate resources and get separate workers. One
+`Downloader` per worker process keeps requests in flight on threads that only
+fetch (a request is mostly waiting), and hands each body to a pool of
+processes, one per core, that hash, decode, resize and encode it (that work
+holds the GIL for much of its time, so threads of one process could not use
+more than about one core).
 
-`DownloadShards` is the job's stage: shards of pending samples in, each staged
-to DIR/_staging unless it is finished or already staged, and an `ImageInfo`
-out per fetched image for image dedup.
+How many requests are in flight follows Little's law: to keep the pool fed,
+the fetchers must start bodies at the rate the pool finishes them, so
+in flight = pool rate x mean fetch time / share of fetches that give an image,
+with headroom, all measured as the download goes (`_Controller`). Bodies wait
+for the pool in a bounded queue; when it is full, fetchers wait instead of
+fetching, so memory stays bounded whichever side is faster.
+
+Work is queued per host across every shard the process has open: a thread
+takes the next sample of the next host (round robin) below its
+`max_per_host` limit, so a slow or hostile host costs its own URLs time. The
+job's stage (`StageShard`) submits the next shard while the last one's
+stragglers are still in flight, so a shard's slowest URL never idles the
+process; a shard's results are staged to one file as soon as it is complete,
+so image bytes never travel through a Beam shuffle.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import threading
+import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
-from typing import Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import Iterator, Optional, Sequence
 from urllib.parse import urlsplit
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
 
-from pipelines.fetch import FetchOptions, fetch
+from pipelines.fetch import FetchOptions, Fetched, fetch
 from pipelines.imagededup import ImageInfo
-from pipelines.resize import ResizeError, ResizeOptions, resize_image
+from pipelines.decoders import DecoderPool, Processed
+from pipelines.resize import ResizeOptions
 from pipelines.stages import counter
 from wit import fileio, shardformat
-from wit.shardformat import Sample, Status
+from wit.shardformat import ErrorKind, Sample, Status
 
 log = logging.getLogger(__name__)
 
 
-def _cores() -> int:
+def cores() -> int:
     affinity = getattr(os, "sched_getaffinity", None)  # the cores this process may use, in a container too
     return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
-# Decoding and resizing are CPU work: more threads at it than there are cores only adds switching
-# (bench/fetch.py, 32 threads: 3.6 ms of CPU an image without this limit, 2.9 ms with it). The other
-# threads go on waiting for the network meanwhile.
-cpu_slots = threading.BoundedSemaphore(_cores())
+# Sizing (measured in bench/download.py; figures in bench/RESULTS.md).
+# The adaptive limit of requests in flight stays in this range: below it a burst of fast failures would
+# starve the pool; above it threads and in-flight bodies cost more memory than any latency seen needs.
+MIN_IN_FLIGHT = 16
+MAX_IN_FLIGHT = 1024
+# in flight = HEADROOM x what Little's law says: latency varies, and a body that arrives before the pool
+# has room waits in the queue instead of idling a core.
+HEADROOM = 2.0
+# Bodies fetched and waiting for the pool, per pool process: enough that no process waits for work while
+# the fetchers catch up.
+BACKLOG_PER_PROCESS = 8
+# Before any measurement: a mean fetch of 0.3 s and 4 ms of CPU an image.
+START_LATENCY, START_CPU = 0.3, 0.004
 
 
-def download_sample(sample: Sample, fetch_opts: FetchOptions, resize_opts: ResizeOptions) -> Sample:
-    got = fetch(sample.url, fetch_opts)
+def fetched_sample(sample: Sample, got: Fetched, done: Optional[Processed]) -> Sample:
+    """The sample as its download ended: a failed fetch, a failed decode, or the stored image."""
     if not got.ok:
         return replace(sample, status=Status.OPTED_OUT if got.opted_out else Status.FAILED_TO_DOWNLOAD,
                        error_message=got.error, error_kind=got.kind, http_status=got.http_status)
-    with cpu_slots:
-        sha256 = hashlib.sha256(got.data).hexdigest()
-        try:
-            img = resize_image(got.data, resize_opts)
-        except ResizeError as e:
-            return replace(sample, status=Status.FAILED_TO_RESIZE, error_message=str(e), error_kind=e.kind,
-                           http_status=got.http_status, sha256=sha256)
-    return replace(sample, status=Status.SUCCESS, error_message=None, http_status=got.http_status, sha256=sha256,
-                   phash=f"{img.phash:016x}", width=img.width, height=img.height,
+    assert done is not None
+    if done.image is None:
+        return replace(sample, status=Status.FAILED_TO_RESIZE, error_message=done.error, error_kind=done.error_kind,
+                       http_status=got.http_status, sha256=done.sha256)
+    img = done.image
+    return replace(sample, status=Status.SUCCESS, error_message=None, http_status=got.http_status,
+                   sha256=done.sha256, phash=f"{img.phash:016x}", width=img.width, height=img.height,
                    original_width=img.original_width, original_height=img.original_height, exif=img.exif,
                    jpg=img.jpeg)
 
@@ -71,65 +93,211 @@ def _host(url: str) -> str:
         return ""
 
 
-class _HostQueues:
-    """The shard's samples queued per host; a thread takes the next sample of the next host (round robin)
-    that has fewer than `per_host` of the shard's samples in flight. Threads never wait on a busy host
-    while another host has work: a slow or hostile host costs its own URLs time, not the others'."""
+class ShardJob:
+    """One shard's samples on their way through the downloader; `results` in input order when `done`."""
 
-    def __init__(self, samples: Sequence[Sample], per_host: int) -> None:
-        self.per_host = per_host
-        self.queues: dict[str, deque[int]] = {}
-        for i, s in enumerate(samples):
-            self.queues.setdefault(_host(s.url), deque()).append(i)
-        self.turn = deque(self.queues)
-        self.busy: dict[str, int] = {}
-        self.left = len(samples)
-        self.cond = threading.Condition()
+    def __init__(self, samples: Sequence[Sample], fetch_opts: FetchOptions, resize_opts: ResizeOptions) -> None:
+        self.samples = list(samples)
+        self.fetch_opts, self.resize_opts = fetch_opts, resize_opts
+        self.results: list[Optional[Sample]] = [None] * len(self.samples)
+        self._left = len(self.samples)
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+        if not self.samples:
+            self.done.set()
 
-    def take(self) -> Optional[tuple[str, int]]:
-        with self.cond:
+    def finish(self, i: int, result: Sample) -> None:
+        with self._lock:
+            self.results[i] = result
+            self._left -= 1
+            if self._left == 0:
+                self.done.set()
+
+
+class _Controller:
+    """The limit of requests in flight, from Little's law over what the download has measured so far."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self.latency, self.cpu, self.image_share = START_LATENCY, START_CPU, 1.0
+        self.limit = self._target()
+
+    def _target(self) -> int:
+        rate = self.processes / max(self.cpu, 1e-4)  # images/s the pool finishes
+        need = HEADROOM * rate * self.latency / max(self.image_share, 0.05)
+        return max(MIN_IN_FLIGHT, min(MAX_IN_FLIGHT, math.ceil(need)))
+
+    def fetched(self, seconds: float, image: bool) -> None:
+        # exponentially weighted means over about the last 200 fetches: they follow a change of hosts
+        self.latency += (seconds - self.latency) / 200
+        self.image_share += ((1.0 if image else 0.0) - self.image_share) / 200
+        self.limit = self._target()
+
+    def processed(self, cpu_seconds: float) -> None:
+        self.cpu += (cpu_seconds - self.cpu) / 200
+        self.limit = self._target()
+
+
+class Downloader:
+    """The process's fetch threads, pool and queues, shared by every shard and DoFn in the process."""
+
+    def __init__(self, processes: int = 0) -> None:
+        self.processes = processes or cores()
+        self.control = _Controller(self.processes)
+        self._cond = threading.Condition()
+        self._queues: dict[str, deque[tuple[ShardJob, int]]] = {}
+        self._ready: deque[str] = deque()  # hosts with queued work and below their limit, in turn order
+        self._in_ready: set[str] = set()
+        self._busy: dict[str, int] = {}
+        self._queued = 0
+        self._threads = 0
+        self._fixed: Optional[int] = None  # a limit set by --threads instead of the controller's
+        self.in_flight = 0
+        self.backlog = 0
+        self._pool: Optional[DecoderPool] = None
+        self._pool_lock = threading.Lock()
+
+    # ------------------------------------------------------------ queueing
+
+    @property
+    def limit(self) -> int:
+        return self._fixed or self.control.limit
+
+    def queued(self) -> int:
+        """Samples submitted and not yet started."""
+        return self._queued
+
+    def submit(self, samples: Sequence[Sample], fetch_opts: FetchOptions, resize_opts: ResizeOptions,
+               threads: int = 0) -> ShardJob:
+        """Queue a shard; `threads` > 0 fixes the requests in flight instead of adapting them."""
+        job = ShardJob(samples, fetch_opts, resize_opts)
+        with self._cond:
+            self._fixed = threads or None
+            for i, s in enumerate(job.samples):
+                host = _host(s.url)
+                self._queues.setdefault(host, deque()).append((job, i))
+                self._turn(host)
+            self._queued += len(job.samples)
+            self._spawn()
+            self._cond.notify(len(job.samples))
+        return job
+
+    def _turn(self, host: str) -> None:
+        """Put `host` at the end of the turn if it has queued work below its limit (the lock held)."""
+        queue = self._queues.get(host)
+        if queue and host not in self._in_ready and \
+                self._busy.get(host, 0) < max(1, queue[0][0].fetch_opts.max_per_host):
+            self._ready.append(host)
+            self._in_ready.add(host)
+
+    def _spawn(self) -> None:
+        """More fetch threads, up to the limit and the work there is (the lock held)."""
+        while self._threads < min(self.limit, self._queued + self.in_flight):
+            self._threads += 1
+            threading.Thread(target=self._fetcher, name=f"wit-fetch-{self._threads}", daemon=True).start()
+
+    def _take(self) -> Optional[tuple[str, ShardJob, int]]:
+        """The next sample to fetch, or None when the thread has had nothing to do for a while. Threads wait
+        rather than end when the limit falls: it moves with every measurement, and starting threads costs."""
+        with self._cond:
             while True:
-                if self.left == 0:
-                    return None
-                for _ in range(len(self.turn)):
-                    host = self.turn[0]
-                    self.turn.rotate(-1)
-                    if self.busy.get(host, 0) < self.per_host:
-                        i = self.queues[host].popleft()
-                        if not self.queues[host]:
-                            self.turn.remove(host)
-                        self.busy[host] = self.busy.get(host, 0) + 1
-                        self.left -= 1
-                        return host, i
-                self.cond.wait()  # every host with work is at its limit: one finishing frees a slot
+                if self._ready and self.in_flight < self.limit and \
+                        self.backlog < self.processes * BACKLOG_PER_PROCESS:
+                    host = self._ready.popleft()
+                    self._in_ready.discard(host)
+                    queue = self._queues[host]
+                    job, i = queue.popleft()
+                    self._busy[host] = self._busy.get(host, 0) + 1
+                    if not queue:
+                        del self._queues[host]
+                    self._turn(host)
+                    self._queued -= 1
+                    self.in_flight += 1
+                    if self._ready:
+                        self._cond.notify()  # one waiter at a time, each passing it on: no herd of hundreds
+                    return host, job, i
+                if not self._queues and not self._queued:
+                    if not self._cond.wait(30.0) and not self._queued:  # idle: the thread goes
+                        self._threads -= 1
+                        return None
+                else:
+                    self._cond.wait(1.0)
 
-    def done(self, host: str) -> None:
-        with self.cond:
-            self.busy[host] -= 1
-            self.cond.notify_all()  # a waiter may be for this host, or may have nothing left to wait for
+    def _release(self, host: str) -> None:
+        with self._cond:
+            self.in_flight -= 1
+            busy = self._busy[host] = self._busy[host] - 1
+            if busy == 0:
+                del self._busy[host]
+            self._turn(host)  # if it was at its limit, back in turn
+            self._spawn()
+            self._cond.notify()
+
+    # ------------------------------------------------------------ fetching and processing
+
+    def _fetcher(self) -> None:
+        while (taken := self._take()) is not None:
+            host, job, i = taken
+            sample = job.samples[i]
+            started = time.monotonic()
+            try:
+                got = fetch(sample.url, job.fetch_opts)
+            except Exception as e:  # a bug; the sample records it and the shard goes on
+                log.exception("fetching %s", sample.url)
+                got = Fetched(kind=ErrorKind.OTHER, error=f"{type(e).__name__}: {e}")
+            finally:
+                self._release(host)
+            self.control.fetched(time.monotonic() - started, got.ok)
+            if not got.ok:
+                job.finish(i, fetched_sample(sample, got, None))
+                continue
+            self._process(job, i, got, retried=False)
+
+    def _process(self, job: ShardJob, i: int, got: Fetched, retried: bool) -> None:
+        with self._cond:
+            self.backlog += 1
+        self._decoders().submit(got.data, job.resize_opts, lambda done: self._processed(done, job, i, got, retried))
+
+    def _processed(self, done: Optional[Processed], job: ShardJob, i: int, got: Fetched, retried: bool) -> None:
+        with self._cond:
+            self.backlog -= 1
+            self._cond.notify()
+        if done is None:  # its decoding process died (a crash in a native library): one more try
+            if not retried:
+                self._process(job, i, got, retried=True)
+                return
+            done = Processed(hashlib.sha256(got.data).hexdigest(), error_kind=ErrorKind.DECODE,
+                             error="the decoding process died on this image")
+        else:
+            self.control.processed(done.cpu_seconds)
+        job.finish(i, fetched_sample(job.samples[i], got, done))
+
+    def _decoders(self) -> DecoderPool:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = DecoderPool(self.processes)
+            return self._pool
+
+
+_downloader: Optional[Downloader] = None
+_downloader_lock = threading.Lock()
+
+
+def downloader() -> Downloader:
+    """The process's downloader."""
+    global _downloader
+    with _downloader_lock:
+        if _downloader is None:
+            _downloader = Downloader()
+        return _downloader
 
 
 def download_shard(samples: Sequence[Sample], fetch_opts: FetchOptions, resize_opts: ResizeOptions,
-                   threads: int = 32) -> list[Sample]:
+                   threads: int = 0) -> list[Sample]:
     """Results in input order, one per sample, whatever happened to each."""
-    if not samples:
-        return []
-    results: list[Optional[Sample]] = [None] * len(samples)
-    queues = _HostQueues(samples, max(1, fetch_opts.max_per_host))
-
-    def work() -> None:
-        while (taken := queues.take()) is not None:
-            host, i = taken
-            try:
-                results[i] = download_sample(samples[i], fetch_opts, resize_opts)
-            finally:
-                queues.done(host)
-
-    workers = max(1, min(threads, len(samples)))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for f in [pool.submit(work) for _ in range(workers)]:
-            f.result()
-    return results  # type: ignore[return-value]
+    job = downloader().submit(samples, fetch_opts, resize_opts, threads)
+    job.done.wait()
+    return job.results  # type: ignore[return-value]
 
 
 # statuses whose image was downloaded
@@ -157,8 +325,20 @@ class DownloadShards(beam.PTransform):
         return staged.images, staged[SHARDS]
 
 
+@dataclass
+class _Open:
+    shard: int
+    staging: str
+    job: ShardJob
+
+
 class StageShard(beam.DoFn):
-    """(shard, pending samples) in; ImageInfo out per downloaded image, and the shard number on `SHARDS`."""
+    """(shard, pending samples) in; ImageInfo out per downloaded image, and the shard number on `SHARDS`.
+
+    A shard is submitted to the process's downloader and the element returns at once while the
+    downloader has no more queued work than requests in flight, so the next shard's fetches overlap this
+    one's stragglers; shards still open when the bundle ends are waited for in `finish_bundle`.
+    """
 
     downloaded = counter("downloaded_this_run")
 
@@ -166,6 +346,9 @@ class StageShard(beam.DoFn):
                  resize_opts: ResizeOptions, threads: int):
         self.out, self.finished = out, finished
         self.fetch_opts, self.resize_opts, self.threads = fetch_opts, resize_opts, threads
+
+    def start_bundle(self) -> None:
+        self.open: list[_Open] = []
 
     def process(self, item):
         shard, pending = item
@@ -175,12 +358,44 @@ class StageShard(beam.DoFn):
             samples = shardformat.from_table(shardformat.read_parquet(
                 p["parquet"], columns=["key", "uid", "url", "caption", "status", "sha256", "phash",
                                        "original_width", "original_height"]))
-        else:
-            samples = self._staged(p["staging"], pending)
-            if samples is None:
-                samples = download_shard(pending, self.fetch_opts, self.resize_opts, self.threads)
-                shardformat.write_parquet(p["staging"], samples, shardformat.STAGING_SCHEMA)
-                self.downloaded.inc(len(samples))
+            yield from self._outputs(shard, samples)
+            return
+        samples = self._staged(p["staging"], pending)
+        if samples is not None:
+            yield from self._outputs(shard, samples)
+            return
+        engine = downloader()
+        while self.open and engine.queued() >= engine.limit:  # enough queued: let the open shards advance
+            self.open[0].job.done.wait(0.2)
+            yield from self._harvest()
+        self.open.append(_Open(shard, p["staging"], engine.submit(pending, self.fetch_opts, self.resize_opts,
+                                                                  self.threads)))
+        yield from self._harvest()
+
+    def finish_bundle(self):
+        while self.open:
+            self.open[0].job.done.wait()
+            for out in self._harvest():
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+                else:
+                    yield GlobalWindows.windowed_value(out)
+
+    def _harvest(self) -> Iterator:
+        """The outputs of every open shard that is complete, each staged first."""
+        still = []
+        for o in self.open:
+            if not o.job.done.is_set():
+                still.append(o)
+                continue
+            samples: list[Sample] = o.job.results  # type: ignore[assignment]
+            shardformat.write_parquet(o.staging, samples, shardformat.STAGING_SCHEMA)
+            self.downloaded.inc(len(samples))
+            yield from self._outputs(o.shard, samples)
+        self.open = still
+
+    @staticmethod
+    def _outputs(shard: int, samples: Sequence[Sample]) -> Iterator:
         yield beam.pvalue.TaggedOutput(SHARDS, shard)
         for s in samples:
             if s.status in FETCHED:

@@ -26,6 +26,7 @@ from urllib3.exceptions import HTTPError
 from wit import USER_AGENT, robots
 from wit.netguard import RETRYABLE_STATUS, NetworkPolicy, pool_manager, retry_after_seconds
 from wit.options import Options, option
+from wit.resolver import name_server
 from wit.responses import Failure, failure, get, read_body, redirect_target
 from wit.shardformat import OPT_OUT_KINDS, ErrorKind
 
@@ -52,6 +53,9 @@ class FetchOptions(Options):
     max_per_host: int = option(8, help="concurrent requests to one host per worker")
     max_retry_after: float = option(30.0, help="longest Retry-After (429/503) waited for; longer fails the sample")
     robots_txt: bool = option(True, help="fetch and honour each host's robots.txt")
+    dns_servers: tuple[str, ...] = option((), help="a name server asked for host names, IP or IP:PORT (default: "
+                                                   "the system's); answers are cached per worker for their TTL",
+                                          metavar="ADDR")
 
     def check(self) -> None:
         for name in ("timeout", "max_per_host"):
@@ -62,10 +66,15 @@ class FetchOptions(Options):
                 self.refuse(name, "must not be negative")
         if self.max_bytes < 1:
             self.refuse("max_bytes", "must be at least 1")
+        for server in self.dns_servers:
+            try:
+                name_server(server)
+            except ValueError as e:
+                self.refuse("dns_servers", str(e))
 
     @property
     def policy(self) -> NetworkPolicy:
-        return NetworkPolicy(self.allow_private_networks, frozenset(self.allowed_addresses))
+        return NetworkPolicy(self.allow_private_networks, frozenset(self.allowed_addresses), self.dns_servers)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -212,7 +221,7 @@ def _read(resp: BaseHTTPResponse, url: str, opts: FetchOptions, deadline: float)
     return Fetched(data=body, http_status=code, final_url=url)
 
 
-_RETRYABLE_KINDS = frozenset({ErrorKind.TIMEOUT, ErrorKind.CONNECTION})
+_RETRYABLE_KINDS = frozenset({ErrorKind.TIMEOUT, ErrorKind.CONNECTION, ErrorKind.DNS_TIMEOUT})
 
 
 def _retryable(result: Fetched) -> bool:

@@ -35,6 +35,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
 from urllib3.util import connection as u3connection
 
+from wit.resolver import LookupFailed, resolver_for
+
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -58,6 +60,8 @@ class NetworkPolicy:
     allow_private: bool = False
     # (ip, port) pairs allowed even though private: a test server, one intranet mirror
     allowed: frozenset[tuple[str, int]] = field(default_factory=frozenset)
+    # name servers asked for host names (ip or ip:port); empty: the system's (resolv.conf)
+    dns_servers: tuple[str, ...] = ()
 
 
 class BlockedAddress(NewConnectionError):
@@ -127,9 +131,21 @@ def refusal(ip: str) -> Optional[str]:
     return None
 
 
-def resolve_allowed(host: str, port: int, policy: NetworkPolicy) -> list[tuple]:
-    """getaddrinfo results the policy allows; raises OSError naming the refusal if none."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+class NameLookupFailed(NewConnectionError):
+    """The host's name did not resolve (`timed_out`: not within the exchange's deadline)."""
+
+    def __init__(self, conn, message: str, timed_out: bool) -> None:
+        super().__init__(conn, message)
+        self.timed_out = timed_out
+
+
+def resolve_allowed(host: str, port: int, policy: NetworkPolicy, deadline: Optional[float] = None) -> list[tuple]:
+    """Socket addresses (getaddrinfo's form) the policy allows, looked up through the process's caching
+    resolver by `deadline` (`resolver.LookupFailed` past it); raises OSError naming the refusal if none."""
+    when = deadline if deadline is not None else time.monotonic() + 30.0
+    infos = [(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM, 0, "",
+              (ip, port, 0, 0) if ":" in ip else (ip, port))
+             for ip in resolver_for(policy.dns_servers).lookup(host, when)]
     allowed, reasons = [], []
     for info in infos:
         ip = info[4][0]
@@ -225,9 +241,9 @@ class _Guarded:
 
     def _new_conn(self) -> socket.socket:  # urllib3 2.x hook: one call per new connection
         try:
-            infos = resolve_allowed(self._dns_host, self.port, self.policy)
-        except socket.gaierror as e:
-            raise NewConnectionError(self, f"name resolution failed for {self.host}: {e}") from e
+            infos = resolve_allowed(self._dns_host, self.port, self.policy, getattr(_exchange, "deadline", None))
+        except LookupFailed as e:
+            raise NameLookupFailed(self, str(e), e.timed_out) from None
         except OSError as e:
             raise BlockedAddress(self, str(e)) from None
         last: Optional[Exception] = None

@@ -15,7 +15,7 @@ from urllib3 import BaseHTTPResponse, PoolManager, Timeout
 from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, SSLError, TimeoutError
 
 from wit import netguard
-from wit.netguard import BlockedAddress
+from wit.netguard import BlockedAddress, NameLookupFailed
 from wit.shardformat import ErrorKind
 
 
@@ -36,7 +36,7 @@ def get(pool: PoolManager, url: str, headers: dict[str, str], timeout: float,
             resp = pool.request("GET", url, headers=headers, timeout=Timeout(connect=remaining, read=remaining),
                                 preload_content=False, decode_content=False, redirect=False, retries=False)
         except HTTPError as e:
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline and not isinstance(e, NameLookupFailed):
                 raise DeadlineExceeded(f"no complete response headers within {timeout:g}s") from e
             raise
         try:
@@ -90,6 +90,10 @@ def failure(e: Exception, timeout: Optional[float] = None) -> Failure:
         return Failure(ErrorKind.INVALID_URL, f"invalid URL: {_reason(e)}")
     if isinstance(e, DeadlineExceeded):
         return Failure(ErrorKind.TIMEOUT, f"timeout: {e}")
+    if isinstance(e, NameLookupFailed):  # before NewConnectionError, which it is
+        if e.timed_out:
+            return Failure(ErrorKind.DNS_TIMEOUT, f"name lookup timeout: {_reason(e).split(': ', 1)[-1]}")
+        return Failure(ErrorKind.DNS, f"name lookup failed: {_reason(e).split(': ', 1)[-1]}")
     if isinstance(e, BlockedAddress):
         return Failure(ErrorKind.BLOCKED_NETWORK, str(e).split(": ", 1)[-1])  # urllib3 prefixes the connection
     if isinstance(e, SSLError):

@@ -54,7 +54,9 @@ class ErrorKind(str, Enum):
     HTTP = "http"  # an HTTP status other than 200
     RATE_LIMITED = "rate_limited"  # 429/503 with a Retry-After over the limit
     TIMEOUT = "timeout"
-    CONNECTION = "connection"  # refused, reset, name resolution, protocol errors
+    CONNECTION = "connection"  # refused, reset, protocol errors
+    DNS = "dns"  # the host name has no address (no such name, no records, failing name servers)
+    DNS_TIMEOUT = "dns_timeout"  # the name lookup did not finish within the deadline
     TLS = "tls"
     INVALID_URL = "invalid_url"
     BLOCKED_NETWORK = "blocked_network"  # a private, loopback or otherwise non-global address
