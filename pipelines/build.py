@@ -34,7 +34,7 @@ from pipelines.fetch import FetchOptions
 from pipelines.grouping import MAX_GROUP
 from pipelines.evalsets import read_eval_sets
 from pipelines.imagededup import EvalImage, ImageDedup, sorted_refs
-from pipelines.match import MatchQueries, read_queries
+from pipelines.match import MatchQueries, control_characters, read_queries
 from pipelines.order import AssignShards, ReadPlan, buckets_for
 from pipelines.resize import ResizeOptions
 from pipelines.progress import DownloadProgress
@@ -284,8 +284,12 @@ def run_build(opts: BuildOptions, beam_args: Sequence[str] = ()) -> dict:
     files = _match_candidates(opts.candidates)
     if not FileSystems.exists(opts.queries):
         raise BuildError(f"--queries {opts.queries}: no such file")
-    if not any(read_queries(opts.queries)):
+    queries = read_queries(opts.queries)
+    if not any(queries):
         raise BuildError(f"--queries {opts.queries}: the file holds no query")
+    odd = control_characters(queries, opts.queries)
+    if odd:
+        log.warning("%s", odd)
     refs = read_eval_sets(opts.exclude_near, opts.resize)
     with fileio.folder_lock(opts.out, "wit build"):
         return _build(opts, files, refs, beam_args)

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import unicodedata
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numba
@@ -86,7 +87,22 @@ def _decode(data: bytes, path: str) -> list[str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: query file is not UTF-8 (byte {e.start})") from e
-    return [line.split("\t", 1)[0].strip() for line in text.splitlines()]
+    # Lines end at "\n" (or "\r\n") only: str.splitlines also breaks at U+2028, form feeds, file separators and
+    # NEL, which would shift the id of every later query.
+    lines = text.removeprefix("\ufeff").split("\n")  # a byte-order mark is no part of the first query
+    if lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it starts none
+    return [line.removesuffix("\r").split("\t", 1)[0].strip() for line in lines]
+
+
+def control_characters(queries: list[str], path: str) -> Optional[str]:
+    """A line naming the first query that holds a control character, which is kept inside it, if any."""
+    for number, q in enumerate(queries, 1):
+        bad = next((c for c in q if unicodedata.category(c) in ("Cc", "Zl", "Zp") and c != "\t"), None)
+        if bad is not None:
+            return (f"{path}: line {number}: the query holds control character U+{ord(bad):04X}; it is kept "
+                    f"inside that query (ids are line numbers)")
+    return None
 
 
 # ---------------------------------------------------------------- kernels

@@ -207,23 +207,63 @@ def image_format(data: bytes) -> Optional[str]:
 _EXIF_IFDS = ((None, "Image"), (0x8769, "EXIF"), (0x8825, "GPS"))
 
 
+# Bounds on the stored EXIF (an APP1 segment is up to 64 KiB, but overlapping offsets let many tags read the same
+# bytes, and one tuple of numbers can print as megabytes): img2dataset's reader (exifread) shows long arrays cut
+# short too. What is cut is counted in the JSON's own "wit cut" entry.
+MAX_EXIF_TAGS = 128  # tags read per image
+MAX_EXIF_ITEMS = 32  # items kept of an array value
+MAX_EXIF_CHARS = 1024  # characters kept of a value
+MAX_EXIF_JSON = 16 * 1024  # characters of JSON per image; tags past it are left out
+EXIF_CUT = "wit cut"
+
+
+def _bounded(value: object) -> tuple[str, bool]:
+    """The value as text within the bounds, and whether anything was cut."""
+    cut = False
+    if isinstance(value, (tuple, list)) and len(value) > MAX_EXIF_ITEMS:
+        value, cut = tuple(value[:MAX_EXIF_ITEMS]), True
+    text = str(value).strip("\x00 ")
+    if len(text) > MAX_EXIF_CHARS:
+        text, cut = text[:MAX_EXIF_CHARS], True
+    return text, cut
+
+
 def exif_json(img: Image.Image) -> Optional[str]:
     """The EXIF tags as JSON, named as exifread names them for img2dataset ("Image Make", "EXIF
-    DateTimeOriginal", "GPS GPSLatitude"); binary values (maker notes, thumbnails) are left out."""
+    DateTimeOriginal", "GPS GPSLatitude"); binary values (maker notes, thumbnails) are left out, and long
+    values, tags past `MAX_EXIF_TAGS` and JSON past `MAX_EXIF_JSON` are cut (counted under "wit cut")."""
     from PIL import ExifTags
 
     try:
         exif = img.getexif()
-        tags = {}
+        tags: dict[str, str] = {}
+        size, seen, cut = 2, 0, 0
         for ifd, group in _EXIF_IFDS:
             values = exif if ifd is None else exif.get_ifd(ifd)
             names = ExifTags.GPSTAGS if ifd == 0x8825 else ExifTags.TAGS
-            for tag, value in values.items():
-                if tag in (0x8769, 0x8825) or isinstance(value, bytes):
+            for tag in list(values.keys()):
+                if tag in (0x8769, 0x8825):
                     continue
-                tags[f"{group} {names.get(tag, hex(tag))}"] = str(value).strip("\x00 ")
+                seen += 1
+                if seen > MAX_EXIF_TAGS:
+                    cut += 1
+                    continue
+                value = values[tag]
+                if isinstance(value, bytes):
+                    continue
+                name = f"{group} {names.get(tag, hex(tag))}"
+                text, shortened = _bounded(value)
+                entry = len(json.dumps({name: text}, ensure_ascii=False))
+                if size + entry > MAX_EXIF_JSON:
+                    cut += 1
+                    continue
+                tags[name] = text
+                size += entry
+                cut += shortened
     except Exception:
         return None  # unreadable EXIF is not a reason to lose the image
+    if cut:
+        tags[EXIF_CUT] = f"{cut} tag value(s) cut or left out to fit wit's bounds"
     return json.dumps(tags, sort_keys=True, ensure_ascii=False) if tags else None
 
 

@@ -3,7 +3,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pipelines.match import QueryMatcher, read_queries
+from pipelines.match import control_characters, QueryMatcher, read_queries
 from wit.text import match_form
 
 
@@ -122,6 +122,24 @@ def test_read_queries_takes_first_tsv_field_and_keeps_line_numbers(tmp_path):
     path = tmp_path / "q.tsv"
     path.write_text("red\tunigram\t100\n\nblue circle\tbigram\t5\n")
     assert read_queries(str(path)) == ["red", "", "blue circle"]
+
+
+@pytest.mark.parametrize("breaker", ["\u2028", "\u2029", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\x0b"])
+def test_only_newlines_end_a_query(tmp_path, breaker):
+    """Characters str.splitlines breaks at stay inside their query, so later ids do not shift."""
+    path = tmp_path / "q.txt"
+    path.write_bytes(f"red\nblue{breaker}sky\r\ngreen\n\nyellow\nend".encode())
+    queries = read_queries(str(path))
+    assert queries == ["red", f"blue{breaker}sky", "green", "", "yellow", "end"]
+    assert control_characters(queries, str(path)).startswith(f"{path}: line 2: the query holds control character "
+                                                             f"U+{ord(breaker):04X}")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_query(tmp_path):
+    path = tmp_path / "q.txt"
+    path.write_bytes("\ufeffred\nblue\n".encode())
+    assert read_queries(str(path)) == ["red", "blue"]
+    assert control_characters(["red", "blue"], "q") is None
 
 
 def test_the_match_stage_keeps_matching_candidates_as_pairs_and_counts(tmp_path):

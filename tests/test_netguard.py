@@ -30,6 +30,8 @@ def test_every_special_purpose_range_is_refused(net, name):
     ("::ffff:127.0.0.1", "IPv6-embedded loopback"),
     ("2002:c0a8:0101::1", "IPv6-embedded private address 192.168.1.1"),  # 6to4
     ("::127.0.0.1", "IPv4-compatible"),
+    ("::ffff:0:7f00:1", "IPv4-translated"),
+    ("::ffff:0:808:808", "IPv4-translated"),  # even a public IPv4 address: the path decides where it goes
     ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo"),
     ("fe80::1%eth0", "link-local"),
 ])

@@ -177,6 +177,30 @@ def test_exif_tags_are_kept_as_json_in_exifreads_names():
     assert resize_image(_img(40, 30), ResizeOptions(image_size=32)).exif is None
 
 
+def test_exif_is_stored_within_bounds_and_what_was_cut_is_counted():
+    """Long arrays, long strings and many tags (as overlapping offsets give) stay small in the stored JSON."""
+    import json
+
+    from pipelines.resize import EXIF_CUT, MAX_EXIF_ITEMS, MAX_EXIF_JSON
+
+    img = Image.new("RGB", (64, 48), (1, 2, 3))
+    exif = img.getexif()
+    exif[0x010F] = "Acme"
+    exif[0x9286] = "x" * 10_000  # UserComment
+    for tag in range(0xA500, 0xA500 + 200):
+        exif[tag] = tuple(range(100))
+    out = io.BytesIO()
+    img.save(out, format="JPEG", exif=exif)
+    stored = resize_image(out.getvalue(), ResizeOptions(image_size=32)).exif
+    tags = json.loads(stored)
+    assert len(stored) <= MAX_EXIF_JSON + 200
+    assert tags["Image Make"] == "Acme"
+    arrays = [v for k, v in tags.items() if k.startswith("Image 0xa5")]
+    assert arrays and all(v == str(tuple(range(MAX_EXIF_ITEMS))) for v in arrays)
+    assert len(tags["Image UserComment"]) == 1024
+    assert tags[EXIF_CUT].startswith(f"{200 + 1} tag value(s) cut or left out")
+
+
 def _dense(cols, weights, src):
     m = np.zeros((len(cols), src))
     np.add.at(m, (np.arange(len(cols))[:, None].repeat(cols.shape[1], 1), cols), weights)

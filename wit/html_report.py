@@ -53,7 +53,7 @@ def load(directory: str) -> Dataset:
         raise InputError(f"{directory}: no stats.json; is it the --out of a finished `wit build`?")
     stats = json.loads(fileio.read_bytes(stats_path))
     queries = []
-    lines = fileio.read_bytes(fileio.join(directory, "query_counts.tsv")).decode().splitlines()[1:]
+    lines = fileio.read_bytes(fileio.join(directory, "query_counts.tsv")).decode().rstrip("\n").split("\n")[1:]
     for line in lines:
         qid, query, matched, selected = line.split("\t")
         queries.append((int(qid), query, int(matched), int(selected)))

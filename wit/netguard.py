@@ -95,6 +95,7 @@ SPECIAL_PURPOSE: tuple[tuple[str, str], ...] = (
     ("::/128", "unspecified"),
     ("::1/128", "loopback"),
     ("::/96", "IPv4-compatible (deprecated)"),
+    ("::ffff:0:0:0/96", "IPv4-translated (RFC 2765/6145)"),  # a translator on the path maps it to IPv4
     ("64:ff9b:1::/48", "local-use IPv4/IPv6 translation"),
     ("100::/64", "discard-only"),
     ("100:0:0:1::/64", "dummy IPv6 prefix"),
