@@ -175,18 +175,26 @@ def _check_url(url: str) -> Optional[Failure]:
     return None
 
 
-def _attempt(url: str, opts: FetchOptions, deadline: float) -> Fetched:
+def _attempt(url: str, opts: FetchOptions) -> Fetched:
+    """One try: every hop's robots.txt within its own --timeout, the image's exchanges (all hops) within theirs.
+    Time spent on a later hop's robots.txt does not count against the image."""
     pool = _pool(opts)
+    deadline: Optional[float] = None
     try:
         for _hop in range(opts.max_redirects + 1):
             bad = _check_url(url)
             if bad:
                 return _failed(bad)
             if opts.robots_txt:
-                refused = robots.verdict(url, opts.user_agent_token, pool, opts.headers, opts.timeout, deadline,
-                                         repr(opts.policy))
+                started = time.monotonic()
+                refused = robots.verdict(url, opts.user_agent_token, pool, opts.headers, opts.timeout,
+                                         started + opts.timeout, repr(opts.policy))
                 if refused:
                     return _failed(refused)
+                if deadline is not None:
+                    deadline += time.monotonic() - started
+            if deadline is None:
+                deadline = time.monotonic() + opts.timeout
             with get(pool, url, opts.headers, opts.timeout, deadline) as resp:
                 target = redirect_target(resp, url)
                 if target:
@@ -241,7 +249,7 @@ def fetch(url: str, opts: FetchOptions = FetchOptions()) -> Fetched:
     attempt = 0
     while True:
         with slot:
-            result = _attempt(url, opts, time.monotonic() + opts.timeout)
+            result = _attempt(url, opts)
         if attempt >= opts.retries or not _retryable(result):
             return replace(result, attempts=attempt + 1)
         wait = opts.retry_backoff * (2 ** attempt) * (0.5 + random.random())

@@ -83,3 +83,83 @@ def test_groups_match_the_product_token_case_insensitively():
     rules = parse("User-agent: WIT\nDisallow: /\n\nUser-agent: *\nAllow: /\n")
     assert not rules.can_fetch("https://example.com/a.jpg", "wit")
     assert rules.can_fetch("https://example.com/a.jpg", "otherbot")
+
+
+OTHER_AGENTS = "".join(f"User-agent: bot{i}\nDisallow: /only-for-bot{i}/\n\n" for i in range(3))
+
+
+@pytest.mark.parametrize("agent", ["wit", "foobot", "barbot", "bazbot", "quxbot", "bot1", "nobody"])
+def test_the_kept_groups_answer_as_the_whole_file(agent):
+    """What the cache keeps of a file (the groups that could apply to the token) gives the same verdicts."""
+    from wit.robots import relevant
+
+    text = OTHER_AGENTS + RFC_EXAMPLE + "User-agent: wit*\nDisallow: /starred/\n"
+    kept, _ = relevant(text, agent)
+    for path in ("/example/page.html", "/example/allowed.gif", "/images/logo.gif", "/publications/p.html",
+                 "/only-for-bot1/a", "/starred/a", "/"):
+        url = f"https://example.com{path}"
+        assert parse(kept).can_fetch(url, agent) is parse(text).can_fetch(url, agent), (agent, path)
+
+
+def test_a_large_file_costs_the_cache_only_what_applies_to_wit():
+    from wit.robots import MAX_RULES, relevant
+
+    others = "".join(f"User-agent: crawler{i}\nDisallow: /{i}/\n" for i in range(20_000))  # about 500 KiB
+    kept, rules = relevant(others + "User-agent: *\nDisallow: /private/\n", "wit")
+    assert rules == 1 and len(kept) < 100
+    flood = "User-agent: *\n" + "".join(f"Disallow: /p{i}/\n" for i in range(MAX_RULES + 5_000))
+    kept, rules = relevant(flood, "wit")
+    assert rules == MAX_RULES
+    assert not parse(kept).can_fetch("https://example.com/p0/a.jpg", "wit")
+    assert parse(kept).can_fetch(f"https://example.com/p{MAX_RULES + 1}/a.jpg", "wit")  # past the bound: ignored
+
+
+def test_the_cache_holds_a_bounded_number_of_rules(monkeypatch):
+    from wit import robots
+
+    monkeypatch.setattr(robots, "MAX_CACHED_RULES", 100)
+    cache = robots._Cache()
+    for i in range(10):
+        cache.rules(f"https://h{i}.example", "k", lambda: (parse("User-agent: *\nDisallow: /x\n"), 30))
+    assert cache.weight <= 100 and len(cache._entries) == 3
+    assert cache.rules("https://h9.example", "k", lambda: pytest.fail("h9 is still cached")) is not None
+
+
+def test_robots_txt_has_its_own_deadline_not_a_share_of_the_images(web_server):
+    """robots.txt answers after 0.7 s and the image after 0.6 s: with a 1 s --timeout each is in time."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from pipelines.fetch import FetchOptions, fetch
+    from wit import robots
+
+    web, _ = web_server
+    body = web.image_bytes(1)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            import time
+
+            time.sleep(0.7 if self.path == "/robots.txt" else 0.6)
+            data = b"User-agent: *\nDisallow: /private/\n" if self.path == "/robots.txt" else body
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain" if self.path == "/robots.txt" else "image/jpeg")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        robots.cache.clear()
+        got = fetch(f"http://127.0.0.1:{server.server_address[1]}/a.jpg",
+                    FetchOptions(timeout=1.0, retries=0, allow_private_networks=True))
+        assert got.ok and got.data == body, got
+    finally:
+        server.shutdown()
+        server.server_close()
