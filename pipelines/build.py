@@ -44,7 +44,7 @@ from pipelines.shards import WriteShards, write_sizes
 from pipelines.textdedup import CaptionDedup
 from pipelines.urldedup import DedupUrls, partitions_for
 from wit import fileio, shardformat
-from wit.errors import WitError
+from wit.errors import WitError, cause_of
 from wit.options import Options, option
 from wit.runner import pipeline_options
 
@@ -230,6 +230,8 @@ def _run(build, beam_args: Sequence[str], *args) -> tuple[dict, dict, dict]:
         result = p.run()
         result.wait_until_finish()
     except Exception as e:
+        if cause_of(e, KeyboardInterrupt):  # Ctrl-C inside a DoFn, re-raised by Beam as a RuntimeError
+            raise KeyboardInterrupt from None
         raise _user_error(e) or e
     return stages.from_metrics(result), stages.key_sizes_from_metrics(result), stages.eval_sets_from_metrics(result)
 
@@ -237,14 +239,12 @@ def _run(build, beam_args: Sequence[str], *args) -> tuple[dict, dict, dict]:
 def _user_error(e: BaseException) -> Optional[WitError]:
     """What a user can fix, found under the runner's wrapping: ours (a WitError), or a file the system refused
     (permissions, a full disk), which then names its path in one line."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, WitError):
-            return e
-        if isinstance(e, OSError) and getattr(e, "filename", None):
-            return BuildError(f"{e.filename}: {e.strerror or e}")
-        e = e.__cause__ or e.__context__
+    ours = cause_of(e, WitError)
+    if ours is not None:
+        return ours  # type: ignore[return-value]
+    refused = cause_of(e, OSError)
+    if refused is not None and getattr(refused, "filename", None):
+        return BuildError(f"{refused.filename}: {refused.strerror or refused}")  # type: ignore[attr-defined]
     return None
 
 

@@ -18,6 +18,7 @@ import itertools
 import logging
 import multiprocessing
 import pickle
+import signal
 import struct
 import threading
 import time
@@ -57,6 +58,7 @@ _HEADER = struct.Struct("<QI")  # task number, length of the pickled options tha
 
 def _worker_main(conn) -> None:
     """A worker's loop: (header [+ options], body) in, (task number, Processed) out, until the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     options: dict[bytes, ResizeOptions] = {}
     while True:
         try:

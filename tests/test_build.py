@@ -469,3 +469,46 @@ def test_additional_columns_reach_the_parquet_and_the_json(built, tmp_path):
                            and isinstance(r["image_id"], int) for r in records)
     with pytest.raises(Exception, match="--save-additional-columns url: 'url' is a column wit writes itself"):
         replace(_opts(built["inputs"], out), save_additional_columns=("url",))
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_rerun_is_byte_identical(built, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """Shard files fail to write as on a full disk: status 2, one line naming the file, no temporary left;
+    after space is freed, the rerun gives the same bytes as a build that never failed."""
+    import errno
+
+    from wit import cli, fileio
+
+    real_create = fileio.FileSystems.create
+
+    class Full:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self.stream.close()
+
+    def create(path, *args, **kwargs):
+        stream = real_create(path, *args, **kwargs)
+        return Full(stream) if "/shards/" in path and ".tar.tmp-" in path else stream
+
+    out = tmp_path / "out"
+    argv = ["build", "--candidates", str(built["inputs"] / "*.parquet"),
+            "--queries", str(built["inputs"] / "queries.txt"), "--out", str(out), "--per-query-cap", str(CAP),
+            "--shard-size", str(SHARD), "--threads", "16",
+            "--image-size", "64", "--timeout", "1.2", "--retries", "1", "--retry-backoff", "0.01",
+            "--allow-private-networks", "--no-progress", "--runner=DirectRunner"]
+    monkeypatch.setattr(fileio.FileSystems, "create", staticmethod(create))
+    assert cli.main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(f"wit build: error: {out}/shards/") and \
+        ".tar: cannot write: No space left on device" in err[0], err
+    assert not glob.glob(f"{out}/**/.*.tmp-*", recursive=True)
+    monkeypatch.setattr(fileio.FileSystems, "create", staticmethod(real_create))
+    assert cli.main(argv) == 0
+    for name in sorted(os.listdir(built["root"] / "a" / "shards")):
+        if name.endswith((".tar", ".parquet")):
+            assert (out / "shards" / name).read_bytes() == (built["root"] / "a" / "shards" / name).read_bytes(), name

@@ -119,3 +119,29 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (out / "dataset" / "report.html").exists() and "demo finished in" in proc.stdout
     assert (out / "dataset" / "stats.json").exists()
     assert list((out / "dataset" / "shards").glob("*.tar"))
+
+
+def test_a_workers_log_of_a_user_error_or_ctrl_c_is_left_to_wits_one_line():
+    """Beam logs a failed DoFn's traceback wrapped in its own error; the CLI drops that record when a user error
+    or Ctrl-C lies under it (the one line follows), and keeps every other error's."""
+    import logging
+    import sys
+
+    from wit.cli import QuietUserErrors
+    from wit.errors import InputError
+
+    def logged(inner: BaseException) -> bool:
+        try:
+            try:
+                raise inner
+            except BaseException:
+                raise RuntimeError("wrapped [while running 'Stage']")
+        except RuntimeError:
+            record = logging.LogRecord("apache_beam", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+            return QuietUserErrors().filter(record)
+
+    assert not logged(InputError("x.parquet: row 3: bad"))
+    assert not logged(KeyboardInterrupt())
+    assert logged(ZeroDivisionError("a bug"))
+    warning = logging.LogRecord("apache_beam", logging.WARNING, __file__, 1, "a warning", None, None)
+    assert QuietUserErrors().filter(warning)

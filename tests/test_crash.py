@@ -58,3 +58,26 @@ def test_killed_build_reruns_to_the_same_shards(web_server, tmp_path):
     assert _files(crashed) == expected
     leftovers = [p for p in crashed.rglob("*") if ".tmp" in p.name]
     assert not leftovers, leftovers
+
+    # Ctrl-C: SIGINT to the whole foreground group, decoding processes included
+    interrupted = tmp_path / "interrupted"
+    proc = _build(inputs, interrupted)
+    _wait_for_output(proc, interrupted)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.decode().splitlines() if line.strip()]
+    assert proc.returncode == 130, err.decode()[-3000:]
+    assert lines[-1] == "wit build: interrupted; run the same command again to resume", lines[-5:]
+    assert "Traceback" not in err.decode(), err.decode()[-3000:]
+    _finish(_build(inputs, interrupted))
+    assert _files(interrupted) == expected
+
+
+def _wait_for_output(proc: subprocess.Popen, out: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        staged = list((out / "_staging").glob("*")) if (out / "_staging").exists() else []
+        if staged:
+            return
+        time.sleep(0.01)
+    assert proc.poll() is None, "the build finished before it could be interrupted"

@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from wit.errors import WitError
+from wit.errors import WitError, cause_of
 from wit.options import OptionError, add_arguments, from_args
 
 
@@ -30,6 +30,21 @@ class QuietBeamImport(logging.Filter):
         return "apitools not found" not in record.getMessage()
 
 
+class QuietUserErrors(logging.Filter):
+    """Beam logs a failed worker's traceback before the job ends; for an error the user can fix, or Ctrl-C,
+    wit's own line says it all (`-v` shows the traceback). The filter runs where the record is made, inside the
+    handler of the exception, so records without exc_info are judged by the exception being handled."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        e = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        if cause_of(e, (WitError, KeyboardInterrupt)) is not None:
+            return False
+        refused = cause_of(e, OSError)  # a file the system refused (a permission, a full disk) names its path
+        return refused is None or not getattr(refused, "filename", None)
+
+
 @dataclass(frozen=True)
 class Command:
     path: tuple[str, ...]  # ("build",) or ("queries", "build")
@@ -37,6 +52,7 @@ class Command:
     options: str  # "module:OptionsClass"
     run: str  # "module:function", called with (options, beam_args) and returning the exit code
     beam: bool = False  # runs a Beam job: flags wit does not know go to Beam
+    resumes: bool = False  # a rerun after an interruption picks up where it stopped
     description: Optional[str] = None
 
     def load(self, spec: str):
@@ -46,7 +62,7 @@ class Command:
 
 COMMANDS = (
     Command(("build",), "run the Beam job: candidate pairs -> balanced, deduplicated shards",
-            "pipelines.build:BuildOptions", "wit.commands:build", beam=True),
+            "pipelines.build:BuildOptions", "wit.commands:build", beam=True, resumes=True),
     Command(("demo",), "build a small dataset from the bundled synthetic web, then train a tiny CLIP",
             "wit.demo:DemoOptions", "wit.commands:demo", beam=True),
     Command(("synthweb",), "write a synthetic candidate list and serve its images on 127.0.0.1",
@@ -57,13 +73,13 @@ COMMANDS = (
             "queries.build:QueryBuildOptions", "wit.commands:queries_build", beam=True,
             description="With no input, unigrams come from the wordfreq package (offline default)."),
     Command(("queries", "download"), "the Wikipedia dump, hourly pageviews and WordNet from their official sites",
-            "queries.download:DownloadOptions", "wit.commands:queries_download",
+            "queries.download:DownloadOptions", "wit.commands:queries_download", resumes=True,
             description="Resumes where a previous run stopped; checks the checksums the dump site publishes; "
                         "`wit queries build --from OUT` then takes the folder as it is."),
     Command(("tokenizer", "train"), "shards -> tokenizer.json (byte-level BPE on the captions)",
             "trainer.tokenizer:TokenizerOptions", "wit.commands:tokenizer_train"),
     Command(("train",), "train CLIP on webdataset shards (torchrun for several GPUs)",
-            "trainer.train:TrainConfig", "wit.commands:train",
+            "trainer.train:TrainConfig", "wit.commands:train", resumes=True,
             description="Resumes from OUT/checkpoints when present. Several GPUs: "
                         "torchrun --nproc_per_node N -m wit.cli train ..."),
     Command(("export", "openclip"), "a checkpoint -> an OpenCLIP model folder (open_clip, clip_benchmark)",
@@ -148,6 +164,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(QuietBeamImport())
+        if not verbose:
+            handler.addFilter(QuietUserErrors())
     p = parser(chosen=_chosen(argv))
     args, extra = p.parse_known_args(argv)
     cmd: Command = args.cmd
@@ -164,6 +182,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             traceback.print_exc()
         print(f"wit {name}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"wit {name}: interrupted{cmd.resumes and '; run the same command again to resume' or ''}",
+              file=sys.stderr)
+        return 130  # the shell's status for a command ended by SIGINT
 
 
 def _flags_of(p: argparse.ArgumentParser, cmd: Command) -> list[str]:

@@ -15,12 +15,12 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Iterator, Optional, Sequence
 
 from apache_beam.io.filesystem import CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
-from wit.errors import FolderBusy, InputError
+from wit.errors import FolderBusy, InputError, WitError
 
 
 def join(base: str, *parts: str) -> str:
@@ -36,21 +36,67 @@ def _tmp_name(path: str) -> str:
     return posixpath.join(head, f".{tail}.tmp-{uuid.uuid4().hex[:12]}") if head else f".{tail}.tmp"
 
 
+class OutputError(WitError):
+    """An output file the system would not write (a full disk, no permission)."""
+
+
+def _os_error(e: BaseException) -> Optional[OSError]:
+    """The OSError under `e` (Beam's filesystems wrap it in their own errors)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError):
+            return e
+        details = getattr(e, "exception_details", None)  # BeamIOError: the errors of each path it tried
+        if isinstance(details, dict):
+            found = next((x for x in details.values() if isinstance(x, OSError)), None)
+            if found is not None:
+                return found
+        e = e.__cause__ or e.__context__
+    return None
+
+
 @contextmanager
 def atomic_open(path: str) -> Iterator[BinaryIO]:
-    """A binary stream whose content appears at `path` only if the block succeeds."""
+    """A binary stream whose content appears at `path` only if the block succeeds. A write the system
+    refuses (a full disk, a permission) removes the temporary and raises an `OutputError` naming `path`."""
     tmp = _tmp_name(path)
-    stream = FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED)
+    try:
+        stream = FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED)
+    except Exception as e:
+        raise _refused(path, e) from e
     try:
         yield stream
         stream.close()
-    except BaseException:
-        stream.close()
-        delete([tmp])
+    except BaseException as e:
+        try:
+            stream.close()
+        except Exception:
+            pass  # the block's own error is the one to report
+        try:
+            delete([tmp])
+        except Exception:
+            pass
+        if isinstance(e, Exception) and _os_error(e) is not None:
+            raise _refused(path, e) from e
         raise
-    if FileSystems.exists(path):
-        delete([path])
-    FileSystems.rename([tmp], [path])
+    try:
+        if FileSystems.exists(path):
+            delete([path])
+        FileSystems.rename([tmp], [path])
+    except Exception as e:
+        try:
+            delete_if_exists(tmp)
+        except Exception:
+            pass
+        raise _refused(path, e) from e
+
+
+def _refused(path: str, e: Exception) -> Exception:
+    os_error = _os_error(e)
+    if os_error is None:
+        return e
+    return OutputError(f"{path}: cannot write: {os_error.strerror or os_error}")
 
 
 def write_bytes(path: str, data: bytes) -> None:
