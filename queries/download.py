@@ -53,6 +53,14 @@ ARTICLES_JOB = "articlesmultistreamdump"
 CHUNK = 1 << 20
 MAX_REDIRECTS = 5
 _DATE = re.compile(r"^\d{8}$")
+# Budgets against a broken or hostile mirror: what one listing, status or checksum file may weigh (the real
+# ones are well under a megabyte), how many dump runs are tried, and how many files one run may list.
+MAX_TEXT_BYTES = 16 << 20
+MAX_RUNS = 30
+MAX_FILES = 10_000
+# A transfer that keeps being cut without the part ever growing past what it held is given up after this
+# many cuts, even if each cut brought bytes (a mirror that restarts at byte 0 every time).
+MAX_CUTS = 50
 
 
 @dataclass(frozen=True)
@@ -97,7 +105,9 @@ class Problem(enum.Enum):
     NETWORK = "network"  # refused, reset or silent, after every retry
     CHECKSUM = "checksum"  # the bytes do not match the published checksum
     ROBOTS = "robots"  # the host's robots.txt disallows it
-    LISTING = "listing"  # the site's index, status or checksum file is missing or unreadable
+    LISTING = "listing"  # the site's index, status or checksum file is missing, unreadable or not believable
+    URL = "url"  # a URL (or redirect) wit does not fetch: not http or https
+    LOCAL = "local"  # the output folder refuses the file (a link in the way, no space, no permission)
 
 
 class DownloadError(WitError):
@@ -141,6 +151,9 @@ class Client:
         """The response to GET `url` (from byte `start`), redirects followed with each hop checked."""
         headers = dict(self.headers, **({"Range": f"bytes={start}-"} if start else {}))
         for _hop in range(MAX_REDIRECTS + 1):
+            scheme = urlsplit(url).scheme.lower()
+            if scheme not in ("http", "https"):
+                raise DownloadError(Problem.URL, f"{url[:200]}: refused: only http and https URLs are fetched")
             self._check_robots(url)
             resp = self.pool.request("GET", url, headers=headers, preload_content=False, redirect=False,
                                      retries=False, timeout=Timeout(connect=self.opts.timeout,
@@ -164,7 +177,7 @@ class Client:
                     if resp.status != 200:
                         attempt.failed_status(resp)
                         continue
-                    return resp.read().decode("utf-8", errors="replace")
+                    return _small_body(resp, url).decode("utf-8", errors="replace")
                 finally:
                     resp.release_conn()
             except HTTPError as e:
@@ -195,12 +208,29 @@ class Client:
                                             "fetching from the host then")
 
 
+def _small_body(resp: BaseHTTPResponse, url: str) -> bytes:
+    """A listing's body as sent (never decompressed), refused past MAX_TEXT_BYTES whatever its Content-Length."""
+    length = resp.headers.get("Content-Length")
+    if length and length.strip().isdigit() and int(length) > MAX_TEXT_BYTES:
+        raise DownloadError(Problem.LISTING, f"{url}: a listing of {int(length):,} bytes, over the "
+                                             f"{MAX_TEXT_BYTES:,} wit reads")
+    chunks, size = [], 0
+    for chunk in resp.stream(CHUNK, decode_content=False):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_TEXT_BYTES:
+            raise DownloadError(Problem.LISTING, f"{url}: a listing of over {MAX_TEXT_BYTES:,} bytes")
+    return b"".join(chunks)
+
+
 class _Attempt:
     """Counts failures without progress; sleeps between tries; raises when they run out."""
 
     def __init__(self, url: str, opts: DownloadOptions, sleep: Callable[[float], None]) -> None:
         self.url, self.opts, self.sleep = url, opts, sleep
         self.failures = 0
+        self.furthest = 0  # the most bytes the file's part ever held
+        self.cuts = 0
         self.retry_after: Optional[float] = None
         self.last: Optional[DownloadError] = None
 
@@ -217,8 +247,17 @@ class _Attempt:
     def failed_network(self, e: Exception) -> None:
         self._fail(DownloadError(Problem.NETWORK, f"{self.url}: {type(e).__name__}: {e}"), retryable=True)
 
-    def progressed(self) -> None:
-        self.failures = 0
+    def progressed(self, size: int) -> None:
+        """The part now holds `size` bytes: progress, unless it held as much before (a restart from zero)."""
+        if size > self.furthest:
+            self.furthest = size
+            self.failures = 0
+
+    def cut(self, e: Exception) -> None:
+        self.cuts += 1
+        if self.cuts > MAX_CUTS:
+            raise DownloadError(Problem.NETWORK, f"{self.url}: cut {self.cuts} times without finishing: {e}")
+        self.failed_network(e)
 
     def _fail(self, error: DownloadError, retryable: bool) -> None:
         self.last = error
@@ -248,6 +287,7 @@ def fetch_file(client: Client, want: Wanted, out: str, bar=None) -> Record:
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     record = Record(want.source, want.url, want.path)
     algorithm = want.checksum[0] if want.checksum else "sha256"
+    _refuse_links(dest, part)
     if os.path.exists(dest):
         record.checksum = {algorithm: digest(dest, algorithm)}
         if not want.checksum or record.checksum[algorithm] == want.checksum[1]:
@@ -309,22 +349,41 @@ def _transfer(client: Client, url: str, part: str, offset: int, attempt: _Attemp
             length = resp.headers.get("Content-Length")
             expected = int(length) if length and length.isdigit() else None
             written = 0
-            with open(part, mode) as f:
+            with _open_for_writing(part, append=mode == "ab") as f:
                 for block in resp.stream(CHUNK, decode_content=False):
                     f.write(block)
                     written += len(block)
                     if bar is not None:
                         bar.update(len(block))
-                    attempt.progressed()
+                    attempt.progressed(offset + written)
             if expected is not None and written < expected:
                 raise _Cut(f"{url}: the connection closed after {written:,} of {expected:,} bytes")
             return
         except _Cut as e:
-            attempt.failed_network(e)
+            attempt.cut(e)
             attempt.wait()
             offset = os.path.getsize(part)
         finally:
             resp.release_conn()
+
+
+def _open_for_writing(path: str, append: bool):
+    """`path` opened without following a link planted there: the file is written where it is named, or not at
+    all."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        raise DownloadError(Problem.LOCAL, f"{path}: cannot write: "
+                                           f"{'a link is in the way' if os.path.islink(path) else e.strerror}") \
+            from None
+    return os.fdopen(fd, "ab" if append else "wb")
+
+
+def _refuse_links(*paths: str) -> None:
+    for path in paths:
+        if os.path.islink(path):
+            raise DownloadError(Problem.LOCAL, f"{path}: a link is in the way; wit writes only plain files in --out")
 
 
 class _Cut(HTTPError):
@@ -343,7 +402,7 @@ def dump_run(client: Client, opts: DownloadOptions) -> tuple[str, dict]:
         dates = [opts.dump_date]
     else:
         index = client.text(base) or ""
-        dates = sorted(set(re.findall(r'href="(\d{8})/?"', index)), reverse=True)
+        dates = sorted(set(re.findall(r'href="(\d{8})/?"', index)), reverse=True)[:MAX_RUNS]  # newest first
         if not dates:
             raise DownloadError(Problem.LISTING, f"{base}: no dump runs listed (no YYYYMMDD/ links)")
     for date in dates:
@@ -365,22 +424,38 @@ def dump_run(client: Client, opts: DownloadOptions) -> tuple[str, dict]:
                                          f"{ARTICLES_JOB} job")
 
 
-def _checksums(text: str) -> dict[str, str]:
-    """`digest  name` lines (sha1sum/md5sum output)."""
-    out = {}
-    for line in text.splitlines():
+def _checksums(text: str, url: str) -> dict[str, str]:
+    """`digest  name` lines (sha1sum/md5sum output); a name listed twice with two digests is refused."""
+    out: dict[str, str] = {}
+    for line in text.split("\n"):
         fields = line.split()
         if len(fields) == 2 and re.fullmatch(r"[0-9a-f]{32,64}", fields[0]):
-            out[fields[1].lstrip("*")] = fields[0]
+            name = fields[1].lstrip("*")
+            if out.get(name, fields[0]) != fields[0]:
+                raise DownloadError(Problem.LISTING, f"{url}: lists {name[:200]!r} twice with different "
+                                                     f"checksums; neither is trusted")
+            out[name] = fields[0]
     return out
 
 
 def dump_parts(client: Client, opts: DownloadOptions, date: str, status: dict) -> list[Wanted]:
     base = f"{opts.site.rstrip('/')}/{opts.wiki}/{date}/"
     sums_url = f"{base}{opts.wiki}-{date}-sha1sums.txt"
-    sums = _checksums(client.text(sums_url, missing_ok=True) or "")
+    sums = _checksums(client.text(sums_url, missing_ok=True) or "", sums_url)
     files = status["jobs"][ARTICLES_JOB].get("files", {})
-    names = [n for n in files if _PART.search(n)]
+    if not isinstance(files, dict) or len(files) > MAX_FILES:
+        raise DownloadError(Problem.LISTING, f"{base}dumpstatus.json: the {ARTICLES_JOB} job's file list is "
+                                             f"not a mapping of at most {MAX_FILES:,} files")
+    shape = re.compile(re.escape(f"{opts.wiki}-{date}") + r"-pages-articles-multistream\d*\.xml(?:-p\d+p\d+)?\.bz2")
+    names = []
+    for n in files:
+        if _PART.search(n) is None:
+            continue  # another job's file (the index parts)
+        if not shape.fullmatch(n) or not isinstance(files[n], dict):
+            raise DownloadError(Problem.LISTING, f"{base}dumpstatus.json: part name {n[:200]!r} is not a plain "
+                                                 f"file name of the shape {opts.wiki}-{date}-pages-articles-"
+                                                 f"multistreamN.xml-pNpN.bz2; nothing was written")
+        names.append(n)
     names.sort(key=lambda n: (int(_PART.search(n).group(1) or 0), int(_PART.search(n).group(2) or 0)))
     if not names:
         raise DownloadError(Problem.LISTING, f"{base}dumpstatus.json: the {ARTICLES_JOB} job lists no "
@@ -405,8 +480,8 @@ def pageview_files(client: Client, opts: DownloadOptions, date: str) -> list[Wan
     wanted = []
     for month in sorted({(d.year, d.month) for d in days}):
         base = f"{opts.site.rstrip('/')}/other/pageviews/{month[0]}/{month[0]}-{month[1]:02d}/"
-        listed = set(re.findall(r'href="(pageviews-\d{8}-\d{6}\.gz)"', client.text(base) or ""))
-        sums = _checksums(client.text(base + "md5sums.txt", missing_ok=True) or "")
+        listed = set(re.findall(r'href="(pageviews-\d{8}-(?:[01]\d|2[0-3])0000\.gz)"', client.text(base) or ""))
+        sums = _checksums(client.text(base + "md5sums.txt", missing_ok=True) or "", base + "md5sums.txt")
         for day in (d for d in days if (d.year, d.month) == month):
             names = sorted(n for n in listed if n[10:18] == day.strftime("%Y%m%d"))
             if not names:

@@ -102,6 +102,8 @@ class DumpSite:
         self.robots = "User-agent: *\nAllow: /\n"
         self.redirects: dict[str, str] = {}
         self.refuse: dict[str, tuple[int, dict[str, str]]] = {}
+        self.headers: dict[str, dict[str, str]] = {}  # extra headers of a path's answers
+        self.restart: set[str] = set()  # paths answered whole (no Range) and cut halfway, every time
         self.log: list[tuple[str, str | None]] = []
         site = self
 
@@ -117,7 +119,7 @@ class DumpSite:
                 if path in site.redirects or path in site.refuse:
                     status, headers = site.refuse.pop(path, None) or (301, {"Location": site.redirects[path]})
                     self.send_response(status)
-                    for name, value in {**headers, "Content-Length": "0"}.items():
+                    for name, value in {"Content-Length": "0", **headers}.items():
                         self.send_header(name, value)
                     self.end_headers()
                     return
@@ -133,7 +135,7 @@ class DumpSite:
                 if path in site.corrupt:
                     body = body[:-1] + bytes([body[-1] ^ 1])
                 start = 0
-                rng = self.headers.get("Range")
+                rng = None if path in site.restart else self.headers.get("Range")
                 if rng and rng.startswith("bytes=") and rng.endswith("-"):
                     start = int(rng[6:-1])
                     if start >= len(body):
@@ -146,8 +148,15 @@ class DumpSite:
                 else:
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(body) - start))
+                for name, value in site.headers.get(path, {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 rest = body[start:]
+                if path in site.restart:
+                    self.wfile.write(rest[: len(rest) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
                 if path in site.cut:
                     site.cut.discard(path)
                     self.wfile.write(rest[: len(rest) // 2])

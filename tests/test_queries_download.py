@@ -181,3 +181,116 @@ def test_build_from_refuses_other_inputs_and_a_missing_manifest(tmp_path, capsys
     assert "manifest.json: no manifest" in capsys.readouterr().err
     assert main(["queries", "build", "--from", str(tmp_path), "--wordnet", "x", "--out", str(tmp_path / "q")]) == 2
     assert "--from" in capsys.readouterr().err
+
+
+# ---- a hostile or broken mirror --------------------------------------------------------------------------------
+
+RUN = "/enwiki/20261101/"
+PART1 = "enwiki-20261101-pages-articles-multistream1.xml-p1p100.bz2"
+
+
+def _status(site) -> dict:
+    return json.loads(site.files[RUN + "dumpstatus.json"])
+
+
+def _set_status(site, status: dict) -> None:
+    site.files[RUN + "dumpstatus.json"] = json.dumps(status).encode()
+
+
+@pytest.mark.parametrize("name", [f"../../../escape-{PART1}", f"sub/{PART1}", f"enwiki-20261101\x00{PART1}",
+                                  "enwiki-20261101-x/../../y-pages-articles-multistream9.xml.bz2",
+                                  "other-20261101-pages-articles-multistream1.xml-p1p100.bz2"])
+def test_a_part_name_that_is_not_a_plain_file_name_of_the_expected_shape_is_refused(site, tmp_path, name):
+    status = _status(site)
+    files = status["jobs"]["articlesmultistreamdump"]["files"]
+    files[name] = dict(files[PART1], url=RUN + PART1)
+    _set_status(site, status)
+    before = {p for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(DownloadError) as e:
+        download(_opts(site, tmp_path / "deep" / "er" / "dl"))
+    assert e.value.problem is Problem.LISTING and "is not a plain file name of the shape" in str(e.value)
+    assert "\n" not in str(e.value)
+    written = {p for p in tmp_path.rglob("*") if p.is_file()} - before
+    assert not written, written
+
+
+def test_a_link_planted_in_the_folder_is_not_followed(site, tmp_path):
+    out = tmp_path / "dl"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (out / "wikipedia").mkdir(parents=True)
+    (out / "wikipedia" / (PART1 + ".part")).symlink_to(victim)
+    with pytest.raises(DownloadError) as e:
+        download(_opts(site, out))
+    assert victim.read_text() == "keep me\n"
+    failed = json.loads((out / "manifest.json").read_text())["failed"]
+    assert [f["problem"] for f in failed] == ["local"]
+    assert failed[0]["error"].endswith(f"{PART1}.part: a link is in the way; wit writes only plain files in --out")
+    assert "1 more" not in str(e.value)
+
+
+def test_listings_are_capped_and_never_decompressed(site, tmp_path, monkeypatch):
+    import gzip
+
+    from queries import download as dl
+
+    bomb = gzip.compress(b"\0" * (64 << 20))  # 64 MiB of zeros in 64 KiB, served as dumpstatus.json
+    site.files[RUN + "dumpstatus.json"] = bomb
+    site.headers[RUN + "dumpstatus.json"] = {"Content-Encoding": "gzip"}
+    with pytest.raises(DownloadError) as e:
+        download(_opts(site, tmp_path / "a", dump_date="20261101"))
+    assert e.value.problem is Problem.LISTING and "dumpstatus.json: no articlesmultistreamdump job" in str(e.value)
+    site.files[RUN + "dumpstatus.json"] = b"{}"
+    site.refuse[RUN + "dumpstatus.json"] = (200, {"Content-Length": str(10 ** 15)})
+    with pytest.raises(DownloadError, match="a listing of 1,000,000,000,000,000 bytes, over the"):
+        download(_opts(site, tmp_path / "b", dump_date="20261101"))
+    monkeypatch.setattr(dl, "MAX_TEXT_BYTES", 100)
+    with pytest.raises(DownloadError, match=r"enwiki/: a listing of 134 bytes, over the 100 wit reads"):
+        download(_opts(site, tmp_path / "c"))
+
+
+def test_a_listing_of_countless_runs_is_tried_only_for_the_newest(site, tmp_path):
+    from queries.download import MAX_RUNS
+
+    site.files["/enwiki/"] = "".join(f'<a href="2027{i:04d}/">x</a>\n' for i in range(5000)).encode()
+    with pytest.raises(DownloadError, match="no run among"):
+        download(_opts(site, tmp_path / "dl"))
+    asked = [p for p, _ in site.log if p.endswith("/dumpstatus.json")]
+    assert len(asked) == MAX_RUNS
+
+
+def test_only_hourly_pageview_files_are_taken(site, tmp_path):
+    month = "/other/pageviews/2026/2026-10/"
+    listing = site.files[month].decode() + "".join(
+        f'<a href="pageviews-20261030-00{m:02d}{s:02d}.gz">x</a>\n' for m in range(60) for s in range(1, 60))
+    site.files[month] = listing.encode()
+    manifest = download(_opts(site, tmp_path / "dl"))
+    assert sum(f["source"] == "pageviews" for f in manifest["files"]) == 4
+
+
+def test_a_transfer_cut_again_and_again_from_byte_zero_runs_out_of_retries(site, tmp_path):
+    site.restart.add(RUN + PART1)
+    with pytest.raises(DownloadError) as e:
+        download(_opts(site, tmp_path / "dl", retries=3))
+    assert e.value.problem is Problem.NETWORK
+    assert len(site.requests_for(RUN + PART1)) == 3 + 1
+
+
+def test_a_file_listed_twice_with_two_checksums_is_refused(site, tmp_path):
+    sums = RUN + "enwiki-20261101-sha1sums.txt"
+    site.files[sums] += f"{'0' * 40}  {PART1}\n".encode()
+    with pytest.raises(DownloadError) as e:
+        download(_opts(site, tmp_path / "dl"))
+    assert e.value.problem is Problem.LISTING
+    assert str(e.value) == (f"{site.url}{sums}: lists {PART1!r} twice with different checksums; neither is "
+                            "trusted")
+
+
+def test_a_redirect_to_a_file_url_is_a_refused_url(site, tmp_path):
+    site.redirects[RUN + PART1] = "file:///etc/passwd"
+    with pytest.raises(DownloadError) as e:
+        download(_opts(site, tmp_path / "dl"))
+    failed = json.loads((tmp_path / "dl" / "manifest.json").read_text())["failed"]
+    assert [(f["problem"], f["error"]) for f in failed] == [
+        ("url", "file:///etc/passwd: refused: only http and https URLs are fetched")]
+    assert e.value.problem is Problem.URL
