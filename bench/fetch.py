@@ -2,10 +2,12 @@
 
 Both download the same URL list from the same loopback server (pre-encoded
 JPEGs of 300-800 px held in memory, HTTP/1.1 keep-alive) into webdataset tars
-with 256 px images (border resize, quality 95), as one process with the same
-number of threads. Each runs as a child process; the rows give wall-clock
-images/s and images per CPU-second of the child (the server's CPU is not
-counted for either).
+with 256 px images (border resize, quality 95), with the same number of
+requests in flight (img2dataset's threads; wit's fixed --threads, its decoding
+in a process per core). Each runs as a child process; the rows give wall-clock
+images/s and images per CPU-second of the child and its processes (the
+server's CPU is not counted for either). With no latency this is a control for
+CPU per image; bench/download.py measures the download under web conditions.
 
 img2dataset pins webdataset<0.3 and pulls wandb, albumentations and opencv, so
 it lives in its own virtualenv:

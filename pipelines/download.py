@@ -272,6 +272,10 @@ class Downloader:
             self.control.processed(done.cpu_seconds)
         job.finish(i, fetched_sample(job.samples[i], got, done))
 
+    def start(self) -> None:
+        """Start the decoding processes now rather than at the first body."""
+        self._decoders()
+
     def _decoders(self) -> DecoderPool:
         with self._pool_lock:
             if self._pool is None:
@@ -346,6 +350,9 @@ class StageShard(beam.DoFn):
                  resize_opts: ResizeOptions, threads: int):
         self.out, self.finished = out, finished
         self.fetch_opts, self.resize_opts, self.threads = fetch_opts, resize_opts, threads
+
+    def setup(self) -> None:
+        downloader().start()  # the decoding processes import while the first requests wait on the network
 
     def start_bundle(self) -> None:
         self.open: list[_Open] = []

@@ -143,10 +143,13 @@ def test_the_in_flight_limit_follows_littles_law():
 
 
 def test_a_shard_of_20000_distinct_hosts_keeps_memory_bounded():
-    """Every sample on its own host (loopback addresses where nothing listens): each fails on its own, and the
-    downloader keeps no per-host state once they are done."""
+    """Every sample on its own host (loopback addresses where nothing listens): each fails on its own, the
+    process grows by little while they are in flight, and no per-host state is left once they are done."""
     import socket
-    import tracemalloc
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
@@ -154,17 +157,18 @@ def test_a_shard_of_20000_distinct_hosts_keeps_memory_bounded():
     samples = [Sample(key=f"{i:05d}", uid=str(i), url=f"http://127.{1 + i // 65536}.{i // 256 % 256}.{i % 256}:{port}"
                       f"/{i}.jpg", caption="c") for i in range(20_000)]
     engine = Downloader(processes=1)
-    tracemalloc.start()
+    start, peak = rss(), [0]
     try:
         job = engine.submit(samples, FetchOptions(timeout=2, retries=0, allow_private_networks=True,
                                                   robots_txt=False), ResizeOptions(image_size=32))
-        assert job.done.wait(120)
-        peak = tracemalloc.get_traced_memory()[1]
+        deadline = time.monotonic() + 180
+        while not job.done.wait(0.05):
+            peak[0] = max(peak[0], rss())
+            assert time.monotonic() < deadline, "the shard did not finish"
     finally:
-        tracemalloc.stop()
         probe.close()
     assert {s.error_kind.value for s in job.results} == {"connection"}
-    assert peak < 150e6, peak
+    assert peak[0] - start < 200e6, (start, peak)
     assert not engine._queues and not engine._busy and not engine._ready and engine.in_flight == 0
 
 

@@ -68,7 +68,7 @@ def run_demo(opts: DemoOptions = DemoOptions(), beam_args: Sequence[str] = ()) -
               f"({', '.join(f'{k} {v}' for k, v in faults.most_common())})")
         build = BuildOptions(
             candidates=(fileio.join(inputs, "candidates.parquet"),), queries=fileio.join(inputs, "queries.txt"),
-            out=dataset, per_query_cap=opts.per_query_cap, shard_size=opts.shard_size, seed=seed, threads=32,
+            out=dataset, per_query_cap=opts.per_query_cap, shard_size=opts.shard_size, seed=seed,
             fetch=FetchOptions(timeout=1.5, retries=1, retry_backoff=0.1, allow_private_networks=True),
         )
         args = list(beam_args) or ["--runner=FnApiRunner", "--direct_num_workers=2",
