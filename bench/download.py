@@ -43,6 +43,9 @@ import threading
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fetch import count_tar_samples  # noqa: E402  (bench/fetch.py, the zero-latency control)
+
 HOSTS = 200
 WORDS = ("dog", "cat", "car", "tree", "house", "boat", "bird", "flower", "river", "chair")
 
@@ -235,18 +238,6 @@ def run_tool(name: str, cmd: list[str], port: int, server_pid: int, cpu: CpuSamp
             "server_cpu": served_cpu}
 
 
-def count_tar_images(directory: str) -> int:
-    import tarfile
-
-    n = 0
-    for root, _dirs, files in os.walk(directory):
-        for f in files:
-            if f.endswith(".tar"):
-                with tarfile.open(os.path.join(root, f)) as tar:
-                    n += sum(1 for m in tar.getmembers() if m.name.endswith(".jpg"))
-    return n
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=20_000)
@@ -290,7 +281,7 @@ def main() -> int:
             rows.append(run_tool("wit build, default flags", [
                 wit, "build", "--candidates", cand, "--queries", queries, "--out", out,
                 "--allow-private-networks", "--timeout", "10", "--retries", "0", "--no-progress"],
-                port, server.pid, cpu, lambda: count_tar_images(os.path.join(out, "shards"))))
+                port, server.pid, cpu, lambda: count_tar_samples(os.path.join(out, "shards"))))
         if a.img2dataset and a.only in (None, "img2dataset"):
             for procs in (1, ncores):
                 out = os.path.join(tmp, f"i2d{procs}")
@@ -299,7 +290,7 @@ def main() -> int:
                     "--caption_col", "caption", "--output_format", "webdataset", "--output_folder", out,
                     "--processes_count", str(procs), "--thread_count", "256", "--distributor", "multiprocessing",
                     "--enable_wandb", "False", "--timeout", "10", "--retries", "0"],
-                    port, server.pid, cpu, lambda out=out: count_tar_images(out)))
+                    port, server.pid, cpu, lambda out=out: count_tar_samples(out)))
         elif a.only is None:
             print("img2dataset not found: pass --img2dataset PATH (see the docstring); baselines skipped")
     finally:

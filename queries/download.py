@@ -411,8 +411,11 @@ def dump_run(client: Client, opts: DownloadOptions) -> tuple[str, dict]:
             continue
         try:
             status = json.loads(raw)
+        except ValueError as e:
+            raise DownloadError(Problem.LISTING, f"{base}{date}/dumpstatus.json: not JSON ({e})") from None
+        try:
             job = status["jobs"][ARTICLES_JOB]
-        except (ValueError, KeyError, TypeError):
+        except (KeyError, TypeError):
             raise DownloadError(Problem.LISTING, f"{base}{date}/dumpstatus.json: no {ARTICLES_JOB} job in it") \
                 from None
         if job.get("status") == "done":

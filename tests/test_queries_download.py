@@ -239,7 +239,7 @@ def test_listings_are_capped_and_never_decompressed(site, tmp_path, monkeypatch)
     site.headers[RUN + "dumpstatus.json"] = {"Content-Encoding": "gzip"}
     with pytest.raises(DownloadError) as e:
         download(_opts(site, tmp_path / "a", dump_date="20261101"))
-    assert e.value.problem is Problem.LISTING and "dumpstatus.json: no articlesmultistreamdump job" in str(e.value)
+    assert e.value.problem is Problem.LISTING and "dumpstatus.json: not JSON (" in str(e.value)
     site.files[RUN + "dumpstatus.json"] = b"{}"
     site.refuse[RUN + "dumpstatus.json"] = (200, {"Content-Length": str(10 ** 15)})
     with pytest.raises(DownloadError, match="a listing of 1,000,000,000,000,000 bytes, over the"):
