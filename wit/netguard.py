@@ -4,7 +4,8 @@ A URL list is untrusted input: a candidate (or a redirect from one) may point at
 127.0.0.1, the cloud metadata service at 169.254.169.254, or an intranet host.
 Checking the URL's host before the request is not enough: DNS can answer
 differently the second time (rebinding) and redirects name new hosts. So the
-check sits in urllib3's connection: it resolves the name once, refuses every
+check sits in urllib3's connection: it resolves the name once (through the
+process's caching resolver, `wit.resolver`, within the exchange's deadline), refuses every
 range of IANA's special-purpose registries (private, loopback, link-local,
 shared, documentation, ...), multicast and the IPv4-mapped, 6to4 and NAT64
 forms of those, and connects to the very address it checked. Every redirect hop opens its own
@@ -70,8 +71,9 @@ class BlockedAddress(NewConnectionError):
 
 # IANA's IPv4 and IPv6 Special-Purpose Address Registries (as of 2025), every entry, whether or not the
 # registry calls it globally reachable (an anycast relay or a DNS sink is no image host), plus the ranges
-# outside them that are no unicast web host either: multicast, the deprecated site-local fec0::/10 (RFC 3879)
-# and the IPv4-compatible ::/96. Embedded IPv4 forms (mapped, 6to4, NAT64) are judged by their IPv4 address.
+# outside them that are no unicast web host either: multicast, the deprecated site-local fec0::/10 (RFC 3879),
+# the IPv4-compatible ::/96 and the IPv4-translated ::ffff:0:0:0/96. Embedded IPv4 forms (mapped, 6to4,
+# NAT64) are judged by their IPv4 address.
 SPECIAL_PURPOSE: tuple[tuple[str, str], ...] = (
     ("0.0.0.0/8", "this-network"),
     ("10.0.0.0/8", "private"),
