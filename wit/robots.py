@@ -70,8 +70,7 @@ class _Cache:
                 found = self._fresh(k)
                 if found is not None:
                     return found
-            loaded = load()
-            rules, weight = loaded if isinstance(loaded, tuple) and not isinstance(loaded, Failure) else (loaded, 1)
+            rules, weight = load()  # the verdict, and how many rules it holds
             ttl = UNREACHABLE_TTL if isinstance(rules, Unreachable) else float("inf")
             with self._lock:
                 old = self._entries.pop(k, None)
@@ -146,7 +145,7 @@ def relevant(text: str, token: str) -> tuple[str, int]:
 
 
 def _load(origin: str, token: str, pool: PoolManager, headers: dict[str, str], timeout: float,
-          deadline: float) -> object:
+          deadline: float) -> tuple[object, int]:
     url = origin + "/robots.txt"
     try:
         for _hop in range(5):
@@ -156,15 +155,15 @@ def _load(origin: str, token: str, pool: PoolManager, headers: dict[str, str], t
                     url = target
                     continue
                 if 400 <= resp.status < 500:
-                    return ALLOW_ALL
+                    return ALLOW_ALL, 1
                 if resp.status != 200:
-                    return Unreachable(ErrorKind.ROBOTS_UNREACHABLE, f"robots.txt unreachable: http {resp.status}")
+                    return Unreachable(ErrorKind.ROBOTS_UNREACHABLE, f"robots.txt unreachable: http {resp.status}"), 1
                 body, _cut = read_body(resp, MAX_BYTES, deadline)  # a cut file is read as far as it came
                 text, rules = relevant(body[:MAX_BYTES].decode("utf-8", errors="replace"), token)
                 return parse(text), rules + 1
-        return ALLOW_ALL  # too many redirects: RFC 9309 treats it as unavailable (4xx)
+        return ALLOW_ALL, 1  # too many redirects: RFC 9309 treats it as unavailable (4xx)
     except (HTTPError, ValueError) as e:
-        return Unreachable(*failure(e))
+        return Unreachable(*failure(e)), 1
 
 
 def verdict(url: str, token: str, pool: PoolManager, headers: dict[str, str], timeout: float, deadline: float,
