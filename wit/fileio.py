@@ -17,10 +17,10 @@ import uuid
 from contextlib import contextmanager
 from typing import BinaryIO, Iterator, Optional, Sequence
 
-from apache_beam.io.filesystem import CompressionTypes, FileMetadata
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
-from wit.errors import FolderBusy, InputError, WitError
+from wit.errors import FolderBusy, InputError, WitError, cause_of
 
 
 def join(base: str, *parts: str) -> str:
@@ -41,19 +41,14 @@ class OutputError(WitError):
 
 
 def _os_error(e: BaseException) -> Optional[OSError]:
-    """The OSError under `e` (Beam's filesystems wrap it in their own errors)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError):
-            return e
-        details = getattr(e, "exception_details", None)  # BeamIOError: the errors of each path it tried
-        if isinstance(details, dict):
-            found = next((x for x in details.values() if isinstance(x, OSError)), None)
-            if found is not None:
-                return found
-        e = e.__cause__ or e.__context__
-    return None
+    """The OSError under `e`; Beam's filesystems keep each path's in a BeamIOError's `exception_details`."""
+    wrapper = cause_of(e, BeamIOError)
+    details = getattr(wrapper, "exception_details", None)
+    if isinstance(details, dict):
+        found = next((x for x in details.values() if isinstance(x, OSError)), None)
+        if found is not None:
+            return found
+    return cause_of(e, OSError)  # type: ignore[return-value]
 
 
 @contextmanager
