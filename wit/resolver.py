@@ -151,11 +151,12 @@ class Resolver:
             if mine:
                 break
             try:  # another thread asks for this name: share its answer, within our own deadline
-                return self._answer(name, pending.result(max(0.0, deadline - time.monotonic())))
+                shared = pending.result(max(0.0, deadline - time.monotonic()))
             except FutureTimeout:
                 raise LookupTimeout(f"name lookup for {host} not answered in time") from None
             except Exception:  # its query ran out of its own deadline (or broke): ask again ourselves
                 continue
+            return self._answer(name, shared)
         try:
             entry = self._query(name, deadline)
         except BaseException as e:
