@@ -13,6 +13,7 @@ are called back with None, and the downloader tries each once more.
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import itertools
 import logging
@@ -53,7 +54,7 @@ def process_body(data: bytes, opts: ResizeOptions) -> Processed:
     return Processed(sha256, image, cpu_seconds=time.process_time() - started)
 
 
-_HEADER = struct.Struct("<QI")  # task number, length of the pickled options that follow
+_HEADER = struct.Struct("<Q")  # the task number; the pickled options follow it
 
 
 def _worker_main(conn) -> None:
@@ -66,7 +67,7 @@ def _worker_main(conn) -> None:
             body = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        token, size = _HEADER.unpack_from(head)
+        (token,) = _HEADER.unpack_from(head)
         key = head[_HEADER.size:]
         opts = options.get(key)
         if opts is None:
@@ -80,6 +81,12 @@ def _worker_main(conn) -> None:
 
 
 Callback = Callable[[Optional[Processed]], None]
+
+
+@functools.lru_cache(maxsize=16)
+def _pickled(opts: ResizeOptions) -> bytes:
+    """A job's options as the workers receive them: pickled once, not once per image."""
+    return pickle.dumps(opts, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class _Worker:
@@ -124,7 +131,7 @@ class DecoderPool:
         with self._lock:
             w = min(self._workers, key=lambda w: len(w.waiting))  # the least loaded worker
         token = next(self._tokens)
-        key = pickle.dumps(opts, protocol=pickle.HIGHEST_PROTOCOL)
+        key = _pickled(opts)
         with w.lock:
             dead = w.dead
             if not dead:
@@ -135,7 +142,7 @@ class DecoderPool:
         # a lock of its own: a full pipe blocks the sender, and the results thread must still take results
         with w.sending:
             try:
-                w.conn.send_bytes(_HEADER.pack(token, len(key)) + key)
+                w.conn.send_bytes(_HEADER.pack(token) + key)
                 w.conn.send_bytes(data)
             except OSError:  # the worker died: its results thread calls every waiting task back
                 pass

@@ -123,7 +123,6 @@ class Resolver:
         if self._dns is not None:
             self._dns.cache = None  # ours keeps negative answers and is bounded by names, not by records
             self._dns.retry_servfail = False
-        self.lookups = 0  # questions actually sent (or getaddrinfo calls), for tests and benchmarks
 
     def lookup(self, host: str, deadline: float) -> tuple[str, ...]:
         """The host's addresses (IPv4 first); NameNotFound or LookupTimeout otherwise."""
@@ -190,7 +189,6 @@ class Resolver:
         return self._hosts.get(name, ())
 
     def _query(self, name: str, deadline: float) -> _Entry:
-        self.lookups += 1
         if self._dns is None:
             return self._getaddrinfo(name, deadline)
         now = time.monotonic()
@@ -230,10 +228,6 @@ class Resolver:
         ips = [info[4][0] for info in infos]
         ips.sort(key=lambda ip: ":" in ip)  # IPv4 first, as with DNS above
         return _Entry(tuple(dict.fromkeys(ips)), time.monotonic() + DEFAULT_TTL)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._cache.clear()
 
 
 def _negative_ttl(response) -> float:
