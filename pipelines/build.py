@@ -44,7 +44,7 @@ from pipelines.shards import WriteShards, write_sizes
 from pipelines.textdedup import CaptionDedup
 from pipelines.urldedup import DedupUrls, partitions_for
 from wit import fileio, shardformat
-from wit.errors import WitError, cause_of
+from wit.errors import WitError, cause_of, user_error_under
 from wit.options import Options, option
 from wit.runner import pipeline_options
 
@@ -237,15 +237,12 @@ def _run(build, beam_args: Sequence[str], *args) -> tuple[dict, dict, dict]:
 
 
 def _user_error(e: BaseException) -> Optional[WitError]:
-    """What a user can fix, found under the runner's wrapping: ours (a WitError), or a file the system refused
-    (permissions, a full disk), which then names its path in one line."""
-    ours = cause_of(e, WitError)
-    if ours is not None:
-        return ours  # type: ignore[return-value]
-    refused = cause_of(e, OSError)
-    if refused is not None and getattr(refused, "filename", None):
-        return BuildError(f"{refused.filename}: {refused.strerror or refused}")  # type: ignore[attr-defined]
-    return None
+    """What a user can fix, found under the runner's wrapping, as a WitError: a file the system refused then
+    names its path in one line."""
+    found = user_error_under(e)
+    if isinstance(found, OSError):
+        return BuildError(f"{found.filename}: {found.strerror or found}")
+    return found  # type: ignore[return-value]
 
 
 def _delete(folder: str, pattern: str) -> None:

@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from wit.errors import WitError, cause_of
+from wit.errors import WitError, cause_of, user_error_under
 from wit.options import OptionError, add_arguments, from_args
 
 
@@ -39,10 +39,7 @@ class QuietUserErrors(logging.Filter):
         if record.levelno < logging.ERROR:
             return True
         e = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
-        if cause_of(e, (WitError, KeyboardInterrupt)) is not None:
-            return False
-        refused = cause_of(e, OSError)  # a file the system refused (a permission, a full disk) names its path
-        return refused is None or not getattr(refused, "filename", None)
+        return cause_of(e, KeyboardInterrupt) is None and user_error_under(e) is None
 
 
 @dataclass(frozen=True)

@@ -30,3 +30,13 @@ class InputError(WitError):
 
 class FolderBusy(WitError):
     """Another process is writing into the same folder."""
+
+
+def user_error_under(e: Optional[BaseException]) -> Optional[BaseException]:
+    """What a user can fix under `e`'s chain: a WitError, or else a file the system refused (an OSError that
+    names its file: a permission, a full disk); None for a bug."""
+    ours = cause_of(e, WitError)
+    if ours is not None:
+        return ours
+    refused = cause_of(e, OSError)
+    return refused if refused is not None and getattr(refused, "filename", None) else None
