@@ -87,3 +87,26 @@ def test_status_dict_lists_a_bounded_number_of_messages(tmp_path):
     assert stats["status_dict"]["success"] == 3  # img2dataset counts successes there too
     assert stats["status_dict"][shards.OTHER_MESSAGES] == 100
     assert sum(stats["status_dict"].values()) == len(samples) + 3
+
+
+def _tarfile_stream(members) -> bytes:
+    f = io.BytesIO()
+    with tarfile.open(fileobj=f, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "wit", "wit"
+            tar.addfile(info, io.BytesIO(data))
+    return f.getvalue()
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 19, 20, 21, 60])
+def test_tar_bytes_are_those_tarfile_writes(count):
+    names = ["000000001.jpg", "x" * 100, "dir/" * 30 + "a.txt", "é.json", "a b.txt"]
+    sizes = [0, 1, 511, 512, 513, 1024, 10_240, 4_321]
+    members = [(f"{i:04d}" + names[i % len(names)] if i % len(names) == 0 else names[i % len(names)],
+                bytes((i * 7 + j) % 256 for j in range(sizes[i % len(sizes)]))) for i in range(count)]
+    ours = io.BytesIO()
+    shards.write_members(ours, members)
+    assert ours.getvalue() == _tarfile_stream(members)
+    with tarfile.open(fileobj=io.BytesIO(ours.getvalue())) as tar:
+        assert [(m.name, m.size) for m in tar.getmembers()] == [(n, len(d)) for n, d in members]

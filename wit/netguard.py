@@ -186,7 +186,8 @@ class _Watchdog:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="wit-deadlines", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0][1] == token:  # the earliest deadline now: the thread sleeps until a later one
+                self._cond.notify()
 
     @staticmethod
     def release(conn) -> None:

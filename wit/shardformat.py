@@ -176,16 +176,19 @@ def additional_columns(table: pa.Table, names: Sequence[str], rows: Sequence[tup
     return table
 
 
+_ENUM_COLUMNS = frozenset({"status", "error_kind"})
+_TUPLE_COLUMNS = frozenset({"matched_query_ids", "selected_query_ids"})
+
+
 def to_table(samples: Sequence[Sample], schema: pa.Schema) -> pa.Table:
-    columns = {name: [] for name in schema.names}
-    for s in samples:
-        for name in schema.names:
-            value = getattr(s, name)
-            if isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, Enum):
-                value = value.value
-            columns[name].append(value)
+    columns = {}
+    for name in schema.names:
+        values = [getattr(s, name) for s in samples]
+        if name in _ENUM_COLUMNS:
+            values = [None if v is None else v.value for v in values]
+        elif name in _TUPLE_COLUMNS:
+            values = [list(v) for v in values]
+        columns[name] = values
     table = pa.table(columns, schema=schema)
     names = list(dict.fromkeys(name for s in samples for name, _value in s.additional))
     return additional_columns(table, names, [s.additional for s in samples]) if names else table
@@ -241,17 +244,58 @@ def status_count(stats: dict, status: Status) -> int:
     return stats.get("successes" if status is Status.SUCCESS else status.value, 0)
 
 
+_BLOCK = tarfile.BLOCKSIZE
+_FIELDS = dict(mtime=0, mode=0o444, uname="wit", gname="wit")
+
+
+def _template() -> tuple[bytes, int]:
+    """A ustar header of an empty name and size, as tarfile writes it, and its checksum without those two
+    fields and the checksum's own: a member's header is then three slices and a sum."""
+    info = tarfile.TarInfo("")
+    info.size = 0
+    for name, value in _FIELDS.items():
+        setattr(info, name, value)
+    header = bytearray(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"))
+    header[124:136] = bytes(12)
+    header[148:156] = b" " * 8
+    return bytes(header), sum(header)
+
+
+_HEADER, _HEADER_SUM = _template()
+
+
+def _header(name: str, size: int) -> bytes:
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > 100 or not raw.isascii() or size >= 8 ** 11:  # the rare header tarfile lays out otherwise
+        info = tarfile.TarInfo(name)
+        info.size = size
+        for field_name, value in _FIELDS.items():
+            setattr(info, field_name, value)
+        return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    size_field = b"%011o\0" % size
+    checksum = _HEADER_SUM + sum(raw) + sum(size_field)
+    return b"".join((raw, _HEADER[len(raw):124], size_field, _HEADER[136:148], b"%06o\0 " % checksum,
+                     _HEADER[156:]))
+
+
 def write_members(f: BinaryIO, members: Iterable[tuple[str, bytes]]) -> None:
     """(name, bytes) members as a plain ustar stream: mtime 0, mode 0444, owner wit, so bytes are reproducible.
 
-    The standard library rather than webdataset's TarWriter: importing webdataset imports torch, over a
-    second of start-up that no dataset worker needs.
+    The bytes are those `tarfile.open(mode="w|", format=USTAR_FORMAT)` writes (a test holds them equal); the
+    headers are laid out here because tarfile's own took most of a shard's write time (bench/write.py).
+    Not webdataset's TarWriter: importing webdataset imports torch, over a second of start-up that no
+    dataset worker needs.
     """
-    with tarfile.open(fileobj=f, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "wit", "wit"
-            tar.addfile(info, io.BytesIO(data))
+    offset = 0
+    for name, data in members:
+        pad = -len(data) % _BLOCK
+        f.write(_header(name, len(data)))
+        f.write(data)
+        if pad:
+            f.write(bytes(pad))
+        offset += _BLOCK + len(data) + pad
+    offset += 2 * _BLOCK  # the end-of-archive blocks, then zeros up to a whole record, as tarfile pads
+    f.write(bytes(2 * _BLOCK + (-offset % tarfile.RECORDSIZE)))
 
 
 def write_tar(path: str, samples: Sequence[Sample]) -> None:
