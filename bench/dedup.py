@@ -127,7 +127,7 @@ def beam_child(n: int, t: int, mode: str, dedup: int) -> None:
     import apache_beam as beam
 
     from pipelines.imagededup import ImageDedup
-    from wit.runner import pipeline_options
+    from wit.core.runner import pipeline_options
 
     args = ["--direct_running_mode", mode] + (["--direct_num_workers", "2"] if mode == "multi_processing" else [])
     p = beam.Pipeline(options=pipeline_options(args))

@@ -80,7 +80,7 @@ def run_wit(urls: str, out: str, threads: int, shard_size: int) -> None:
     """The child process for wit: the same functions the Beam job's StageShard/WriteShard call."""
     import pyarrow.parquet as pq
 
-    from wit import shardformat
+    from wit.core import shardformat
     from pipelines.download import download_shard
     from pipelines.fetch import FetchOptions
     from pipelines.resize import ResizeOptions

@@ -98,7 +98,7 @@ def read_and_match(pool: str, queries: str) -> None:
 
     from pipelines.candidates import ReadCandidates
     from pipelines.match import MatchQueries
-    from wit.runner import pipeline_options
+    from wit.core.runner import pipeline_options
 
     p = beam.Pipeline(options=pipeline_options([]))
     candidates, _rejects = p | ReadCandidates([(pool, os.path.getsize(pool))], "auto", "url", "caption")

@@ -23,8 +23,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from wit import shardformat  # noqa: E402
-from wit.shardformat import Sample  # noqa: E402
+from wit.core import shardformat  # noqa: E402
+from wit.core.shardformat import Sample  # noqa: E402
 
 
 def samples(n: int) -> list[Sample]:

@@ -27,7 +27,7 @@ import numpy as np
 from pipelines.grouping import Batches, CountPerKey, pack, unpack, windowed
 from pipelines.match import id_counts, ids_of
 from pipelines.stages import counter, key_sizes
-from wit.runner import relax_gc
+from wit.core.runner import relax_gc
 
 
 def priority(seed: int, uid: str) -> int:

@@ -43,10 +43,10 @@ from pipelines.runstats import (RunDetails, misbalanced_queries, read_plan_marke
 from pipelines.shards import WriteShards, write_sizes
 from pipelines.textdedup import CaptionDedup
 from pipelines.urldedup import DedupUrls, partitions_for
-from wit import fileio, shardformat
-from wit.errors import WitError, cause_of, user_error_under
-from wit.options import Options, option
-from wit.runner import pipeline_options
+from wit.core import fileio, shardformat
+from wit.core.errors import WitError, cause_of, user_error_under
+from wit.core.options import Options, option
+from wit.core.runner import pipeline_options
 
 log = logging.getLogger(__name__)
 

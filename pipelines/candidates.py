@@ -36,10 +36,10 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.stages import counter
-from wit import fileio
-from wit.errors import InputError
-from wit.runner import relax_gc
-from wit.text import clean_caption
+from wit.core import fileio
+from wit.core.errors import InputError
+from wit.core.runner import relax_gc
+from wit.core.text import clean_caption
 
 FORMATS = ("parquet", "jsonl", "csv", "tsv")
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".deflate", ".lzma", ".xz")

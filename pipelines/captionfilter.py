@@ -10,7 +10,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from pipelines.stages import counter
-from wit.text import match_form
+from wit.core.text import match_form
 
 
 def long_enough(caption: str, min_words: int) -> bool:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from pipelines.resize import ResizeError, ResizeOptions, Resized, resize_image
-from wit.shardformat import ErrorKind
+from wit.core.errors import ErrorKind
 
 log = logging.getLogger(__name__)
 

@@ -44,8 +44,9 @@ from pipelines.imagededup import ImageInfo
 from pipelines.decoders import DecoderPool, Processed
 from pipelines.resize import ResizeOptions
 from pipelines.stages import counter
-from wit import fileio, shardformat
-from wit.shardformat import ErrorKind, Sample, Status
+from wit.core import fileio, shardformat
+from wit.core.shardformat import Sample, Status
+from wit.core.errors import ErrorKind
 
 log = logging.getLogger(__name__)
 

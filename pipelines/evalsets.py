@@ -18,9 +18,9 @@ from typing import Iterator, Sequence
 
 from pipelines.imagededup import EvalImage
 from pipelines.resize import ResizeError, ResizeOptions, resize_image
-from wit import fileio
-from wit.errors import InputError
-from wit.shardformat import iter_tar
+from wit.core import fileio
+from wit.core.errors import InputError
+from wit.core.shardformat import iter_tar
 
 log = logging.getLogger(__name__)
 

@@ -23,12 +23,12 @@ from urllib.parse import urlsplit
 from urllib3 import BaseHTTPResponse, PoolManager
 from urllib3.exceptions import HTTPError
 
-from wit import USER_AGENT, robots
-from wit.netguard import RETRYABLE_STATUS, NetworkPolicy, pool_manager, retry_after_seconds
-from wit.options import Options, option
-from wit.resolver import name_server
-from wit.responses import Failure, failure, get, read_body, redirect_target
-from wit.shardformat import OPT_OUT_KINDS, ErrorKind
+from wit.net import USER_AGENT, robots
+from wit.net.netguard import RETRYABLE_STATUS, NetworkPolicy, pool_manager, retry_after_seconds
+from wit.core.options import Options, option
+from wit.net.resolver import name_server
+from wit.net.responses import Failure, failure, get, read_body, redirect_target
+from wit.core.errors import OPT_OUT_KINDS, ErrorKind
 
 # img2dataset's defaults: the directives by which sites opt out of AI datasets.
 DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")

@@ -38,7 +38,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.stages import counter, key_sizes
-from wit.runner import relax_gc
+from wit.core.runner import relax_gc
 
 MAX_GROUP = 10_000  # elements one worker groups for one key; hot keys go around the grouping
 HOT_KEY_FANOUT = 16

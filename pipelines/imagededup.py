@@ -42,7 +42,8 @@ import numpy as np
 
 from pipelines.grouping import MAX_GROUP, KeeperPerKey, pack, unpack, windowed
 from pipelines.stages import key_sizes
-from wit.shardformat import ErrorKind, Status
+from wit.core.shardformat import Status
+from wit.core.errors import ErrorKind
 
 
 class ImageInfo(NamedTuple):

@@ -35,9 +35,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.stages import counter
-from wit.errors import InputError
-from wit.runner import relax_gc
-from wit.text import match_form
+from wit.core.errors import InputError
+from wit.core.runner import relax_gc
+from wit.core.text import match_form
 
 _NO = -1
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)

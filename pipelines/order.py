@@ -31,9 +31,9 @@ import pyarrow.parquet as pq
 from pipelines.grouping import ListsPerKey, unpack
 from pipelines.match import Pair, id_counts, ids_of
 from pipelines.stages import key_sizes
-from wit import fileio, shardformat
-from wit.runner import relax_gc
-from wit.shardformat import Sample, Status, keys_for
+from wit.core import fileio, shardformat
+from wit.core.runner import relax_gc
+from wit.core.shardformat import Sample, Status, keys_for
 
 BUCKET_BYTES = 250_000  # candidate input per ordering bucket: at most a few thousand selected pairs each
 INDEX = "_index.json"

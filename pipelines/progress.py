@@ -16,8 +16,8 @@ import threading
 import time
 from typing import Optional, TextIO
 
-from wit import fileio, shardformat
-from wit.shardformat import Status
+from wit.core import fileio, shardformat
+from wit.core.shardformat import Status
 
 LOG_EVERY = 60.0  # seconds between lines when there is no terminal
 

@@ -32,8 +32,8 @@ import numba
 import numpy as np
 from PIL import Image, ImageOps
 
-from wit.options import Options, option
-from wit.shardformat import ErrorKind
+from wit.core.options import Options, option
+from wit.core.errors import ErrorKind
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 OPENABLE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")

@@ -22,8 +22,8 @@ from pipelines.grouping import CountPerKey
 from pipelines.match import read_queries
 from pipelines.order import write_index
 from pipelines.stages import GROUPING_NAMES, NAMES
-from wit import fileio
-from wit.shardformat import Status
+from wit.core import fileio
+from wit.core.shardformat import Status
 
 QUERY_COUNTS = "query_counts.tsv"
 STATS = "stats.json"

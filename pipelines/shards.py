@@ -1,7 +1,7 @@
 """Writing the shards: the job's last stage.
 
 A staged shard gets the image-dedup verdicts applied and is written in the
-shard format (`wit.shardformat`): tar, Parquet, then the stats that mark it
+shard format (`wit.core.shardformat`): tar, Parquet, then the stats that mark it
 finished. Every shard, finished in an earlier run or now, reports its statuses
 as counts, so the run's totals cover the whole dataset.
 """
@@ -16,8 +16,8 @@ import apache_beam as beam
 
 from pipelines.imagededup import EvalImage, Verdict, shard_verdicts
 from pipelines.stages import counter, eval_set_counter, key_sizes
-from wit import fileio, shardformat
-from wit.shardformat import STATUSES, Sample, Status
+from wit.core import fileio, shardformat
+from wit.core.shardformat import STATUSES, Sample, Status
 
 
 def apply_verdicts(samples: Iterable[Sample], verdicts: Mapping[str, Verdict]) -> list[Sample]:

@@ -21,7 +21,7 @@ from typing import Iterable, Mapping
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 
-from wit.shardformat import Status
+from wit.core.shardformat import Status
 
 NAMESPACE = "wit"
 

@@ -30,8 +30,8 @@ from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from pipelines.grouping import MAX_GROUP, KeeperPerKey, Smallest
 from pipelines.stages import counter
-from wit import fileio
-from wit.text import match_form
+from wit.core import fileio
+from wit.core.text import match_form
 
 NUM_PERM = 128
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from queries import ngrams
-from wit.options import Options, option
-from wit.text import match_form
+from wit.core.options import Options, option
+from wit.core.text import match_form
 
 SOURCES = ("word", "number", "bigram", "title", "wordnet")
 DEFAULT_MIN_PMI = math.log2(30)  # MetaCLIP's "PMI >= 30", read as the co-occurrence ratio

@@ -16,8 +16,8 @@ from queries.count import match_all, run_count
 from queries.download import downloaded_inputs
 from queries.errors import QueryInputError
 from queries.ngrams import words
-from wit import fileio
-from wit.options import Options, option
+from wit.core import fileio
+from wit.core.options import Options, option
 
 WORDFREQ_CORPUS_TOKENS = 3_000_000_000  # roughly English Wikipedia's size in words
 _DIGIT_RUN = re.compile(r"\d\d")  # wordfreq writes every run of two or more digits as zeros: "00th", "a00"

@@ -27,8 +27,8 @@ from apache_beam.io.filesystems import FileSystems
 from queries import ngrams, pageviews
 from queries.errors import QueryInputError
 from queries.wikipedia import read_dump
-from wit import fileio
-from wit.runner import pipeline_options
+from wit.core import fileio
+from wit.core.runner import pipeline_options
 
 
 log = logging.getLogger(__name__)

@@ -39,11 +39,11 @@ from urllib3 import BaseHTTPResponse, PoolManager, Timeout
 from urllib3.exceptions import HTTPError
 
 from queries.errors import QueryInputError
-from wit import USER_AGENT, robots
-from wit.errors import WitError
-from wit.netguard import RETRYABLE_STATUS, NetworkPolicy, pool_manager, retry_after_seconds
-from wit.options import Options, option
-from wit.shardformat import ErrorKind
+from wit.net import USER_AGENT, robots
+from wit.core.errors import WitError
+from wit.net.netguard import RETRYABLE_STATUS, NetworkPolicy, pool_manager, retry_after_seconds
+from wit.core.options import Options, option
+from wit.core.errors import ErrorKind
 
 WIKIMEDIA = "https://dumps.wikimedia.org"
 WORDNET_URL = "https://wordnetcode.princeton.edu/3.0/WordNet-3.0.tar.gz"

@@ -1,6 +1,6 @@
 """The one error type of the query builder: bad input, named by file."""
 
-from wit.errors import InputError
+from wit.core.errors import InputError
 
 
 class QueryInputError(InputError):

@@ -11,7 +11,7 @@ import math
 from collections import Counter
 from typing import Iterable, Iterator
 
-from wit.text import match_form
+from wit.core.text import match_form
 
 
 def words(line: str) -> list[str]:

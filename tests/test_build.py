@@ -20,8 +20,8 @@ from pipelines.match import QueryMatcher
 from pipelines.resize import ResizeOptions
 from pipelines.stages import REGISTRY, unbalanced
 from pipelines.urldedup import normalize_url, uid_for
-from wit.shardformat import STATUSES
-from wit.text import clean_caption
+from wit.core.shardformat import STATUSES
+from wit.core.text import clean_caption
 
 CAP = 40
 SHARD = 100
@@ -333,7 +333,7 @@ def test_a_damaged_input_file_is_named_and_the_job_goes_on(built, tmp_path):
     import gzip
 
     from pipelines.candidates import CandidateFileError
-    from wit.report import summary
+    from wit.summary import summary
 
     lines = "".join(f'{{"url": "http://127.0.0.1:9/d{i}.jpg", "caption": "red circle {i}"}}\n' for i in range(3000))
     data = gzip.compress(lines.encode())
@@ -355,10 +355,10 @@ def test_one_build_at_a_time_writes_into_a_folder_and_a_killed_one_leaves_no_loc
     import subprocess
     import sys
 
-    from wit.errors import FolderBusy
+    from wit.core.errors import FolderBusy
 
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from wit.fileio import folder_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from wit.core.fileio import folder_lock\n"
                                f"with folder_lock({str(out)!r}, 'wit build'):\n"
                                "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
@@ -477,8 +477,8 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_rerun_is_byte_identical
     after space is freed, the rerun gives the same bytes as a build that never failed."""
     import errno
 
-    from wit import cli, fileio
-
+    from wit import cli
+    from wit.core import fileio
     real_create = fileio.FileSystems.create
 
     class Full:

@@ -6,7 +6,7 @@ import torch
 from trainer.checkpoint import latest_checkpoint, load_checkpoint, load_model, save_checkpoint
 from trainer.model import CLIP, config
 from trainer.tokenizer import train_tokenizer
-from wit.errors import InputError
+from wit.core.errors import InputError
 
 
 def test_save_keeps_the_newest_and_points_at_the_latest(tmp_path):

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from wit.cli import COMMANDS, _flags_of, main, parser
-from wit.options import flag, from_args
+from wit.core.options import flag, from_args
 
 # The fewest arguments each command accepts, and the options they must give.
 REQUIRED = {
@@ -128,7 +128,7 @@ def test_a_workers_log_of_a_user_error_or_ctrl_c_is_left_to_wits_one_line():
     import sys
 
     from wit.cli import QuietUserErrors
-    from wit.errors import InputError
+    from wit.core.errors import InputError
 
     def logged(inner: BaseException) -> bool:
         try:

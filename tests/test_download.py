@@ -11,9 +11,9 @@ from pipelines.decoders import DecoderPool
 from pipelines.download import Downloader, StageShard, _Controller, download_shard
 from pipelines.fetch import FetchOptions
 from pipelines.resize import ResizeOptions
-from wit import shardformat
+from wit.core import shardformat
 from wit.synthweb import SyntheticWeb
-from wit.shardformat import Sample
+from wit.core.shardformat import Sample
 
 
 class _Slow(ThreadingHTTPServer):

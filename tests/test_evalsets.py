@@ -14,8 +14,8 @@ from pipelines.build import BuildOptions, run_build
 from pipelines.evalsets import EvalSetError, read_eval_sets, set_name
 from pipelines.fetch import FetchOptions
 from pipelines.resize import ResizeOptions
-from wit import shardformat
-from wit.report import summary
+from wit.core import shardformat
+from wit.summary import summary
 
 RESIZE = ResizeOptions(image_size=48)
 

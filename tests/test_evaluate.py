@@ -3,7 +3,7 @@
 import torch
 
 from trainer.evaluate import _captions, recall_at_k, retrieval_shards, set_names, write_retrieval_set
-from wit.shardformat import iter_tar
+from wit.core.shardformat import iter_tar
 
 
 def _clip_benchmark_recall(scores, positive, k):

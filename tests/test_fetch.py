@@ -1,7 +1,8 @@
 from pipelines.download import download_shard
 from pipelines.fetch import FetchOptions, fetch, opt_out_directive
 from pipelines.resize import ResizeOptions
-from wit.shardformat import ErrorKind, Sample
+from wit.core.shardformat import Sample
+from wit.core.errors import ErrorKind
 
 LOCAL = dict(allow_private_networks=True)  # the synthetic web is on 127.0.0.1
 FAST = FetchOptions(timeout=0.5, retries=1, retry_backoff=0.01, **LOCAL)

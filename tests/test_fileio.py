@@ -6,8 +6,8 @@ import time
 import pytest
 from apache_beam.io.localfilesystem import LocalFileSystem
 
-from wit import fileio
-from wit.errors import FolderBusy
+from wit.core import fileio
+from wit.core.errors import FolderBusy
 
 
 class LeaseFS(LocalFileSystem):

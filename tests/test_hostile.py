@@ -18,10 +18,10 @@ from PIL import Image
 from pipelines.download import download_shard
 from pipelines.fetch import FetchOptions, fetch
 from pipelines.resize import ResizeOptions
-from wit import robots
-from wit import shardformat as shards
-from wit.netguard import NetworkPolicy, refusal, resolve_allowed
-from wit.shardformat import ErrorKind as K
+from wit.net import robots
+from wit.core import shardformat as shards
+from wit.net.netguard import NetworkPolicy, refusal, resolve_allowed
+from wit.core.errors import ErrorKind as K
 
 
 def _jpeg() -> bytes:
@@ -371,7 +371,7 @@ def test_robots_txt_answers_follow_rfc_9309(status, expected):
 def test_retry_after_takes_seconds_or_an_http_date():
     from email.utils import format_datetime
 
-    from wit.netguard import retry_after_seconds
+    from wit.net.netguard import retry_after_seconds
 
     assert retry_after_seconds("120") == 120.0
     soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=30)
@@ -427,7 +427,7 @@ def test_a_bad_port_is_blamed_on_the_url_not_robots_txt(servers):
 def test_a_slow_host_costs_its_own_urls_time_not_the_other_hosts(servers):
     from pipelines.download import download_shard
     from pipelines.resize import ResizeOptions
-    from wit.shardformat import Sample
+    from wit.core.shardformat import Sample
 
     hostile, _ = servers
     other = Hostile(9)

@@ -18,7 +18,7 @@ from pipelines.match import QueryMatcher
 from pipelines.resize import ResizeOptions
 from pipelines.match import Pair, ids_of, pack_ids
 from pipelines.urldedup import choose_pair, normalize_url, uid_for
-from wit.text import clean_caption
+from wit.core.text import clean_caption
 
 MAX_GROUP, CAP, REPEATS = 40, 20, 150
 HOT_QUERY = "planted"

@@ -7,7 +7,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.imagededup import (LIMIT, TARGET_GROUP, EvalImage, ImageDedup, ImageInfo, best_found, best_of,
                                   find_near, found_rows, hamming, near_duplicates, shard_verdicts, tables_for)
-from wit.shardformat import Status
+from wit.core.shardformat import Status
 
 
 def _flip(h: int, bits: int, rng: random.Random) -> int:

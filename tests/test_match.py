@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from pipelines.match import control_characters, QueryMatcher, read_queries
-from wit.text import match_form
+from wit.core.text import match_form
 
 
 def reference(queries: list[str], caption: str) -> tuple[int, ...]:

@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from wit.netguard import SPECIAL_PURPOSE, refusal
+from wit.net.netguard import SPECIAL_PURPOSE, refusal
 
 
 def _inside(net: str) -> list[str]:

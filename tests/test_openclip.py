@@ -15,7 +15,7 @@ from trainer.model import CLIP, config
 from trainer.tokenizer import train_tokenizer
 from trainer.train import TrainConfig, train
 from wit.cli import main
-from wit.errors import InputError
+from wit.core.errors import InputError
 from wit.synthweb.dataset import write_shards
 
 PINNED = json.loads((Path(__file__).parent / "openclip_state_dicts.json").read_text())

@@ -8,8 +8,8 @@ from typing import Optional
 
 import pytest
 
-from wit.errors import WitError
-from wit.options import Options, OptionError, add_arguments, flag, from_args, option
+from wit.core.errors import WitError
+from wit.core.options import Options, OptionError, add_arguments, flag, from_args, option
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ import io
 import json
 
 from pipelines.progress import DownloadProgress
-from wit import shardformat
-from wit.shardformat import Sample, Status
+from wit.core import shardformat
+from wit.core.shardformat import Sample, Status
 
 
 def _stage(out, shard, ok, failed):

@@ -9,7 +9,7 @@ from queries.download import DownloadError, DownloadOptions, Problem, download, 
 from queries.errors import QueryInputError
 from tests.queries_fixtures import (ARTICLE, DumpSite, page, publish_dump, publish_pageviews, wordnet_tarball,
                                     write_dump)
-from wit import robots
+from wit.net import robots
 from wit.cli import main
 
 VIEWS = ["en New_York 600 0", "en Hot%20dog 700 0", "de New_York 9999 0", "en Category:Cities 5000 0"]

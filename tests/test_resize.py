@@ -131,7 +131,7 @@ def test_a_jpeg_of_too_many_scans_is_refused_before_decoding():
     import time
 
     from pipelines.resize import jpeg_scans
-    from wit.shardformat import ErrorKind
+    from wit.core.errors import ErrorKind
 
     data = _progressive_jpeg()
     assert 1 < jpeg_scans(data) <= 20
@@ -149,7 +149,7 @@ def test_a_jpeg_of_too_many_scans_is_refused_before_decoding():
 def test_a_png_refused_by_its_header_says_why():
     from PIL.PngImagePlugin import PngInfo
 
-    from wit.shardformat import ErrorKind
+    from wit.core.errors import ErrorKind
 
     info = PngInfo()
     info.add_text("comment", "x" * 3_000_000, zip=True)  # a zTXt chunk past Pillow's text-chunk limit

@@ -10,9 +10,9 @@ import dns.rrset
 import pytest
 
 from pipelines.fetch import FetchOptions, fetch
-from wit import robots
-from wit.resolver import LookupTimeout, NameNotFound, Resolver
-from wit.shardformat import ErrorKind
+from wit.net import robots
+from wit.net.resolver import LookupTimeout, NameNotFound, Resolver
+from wit.core.errors import ErrorKind
 
 
 class DnsServer:

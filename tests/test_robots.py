@@ -2,7 +2,7 @@
 
 import pytest
 
-from wit.robots import parse
+from wit.net.robots import parse
 
 # RFC 9309, section 5.1 ("Simple Example")
 RFC_EXAMPLE = """\
@@ -91,7 +91,7 @@ OTHER_AGENTS = "".join(f"User-agent: bot{i}\nDisallow: /only-for-bot{i}/\n\n" fo
 @pytest.mark.parametrize("agent", ["wit", "foobot", "barbot", "bazbot", "quxbot", "bot1", "nobody"])
 def test_the_kept_groups_answer_as_the_whole_file(agent):
     """What the cache keeps of a file (the groups that could apply to the token) gives the same verdicts."""
-    from wit.robots import relevant
+    from wit.net.robots import relevant
 
     text = OTHER_AGENTS + RFC_EXAMPLE + "User-agent: wit*\nDisallow: /starred/\n"
     kept, _ = relevant(text, agent)
@@ -102,7 +102,7 @@ def test_the_kept_groups_answer_as_the_whole_file(agent):
 
 
 def test_a_large_file_costs_the_cache_only_what_applies_to_wit():
-    from wit.robots import MAX_RULES, relevant
+    from wit.net.robots import MAX_RULES, relevant
 
     others = "".join(f"User-agent: crawler{i}\nDisallow: /{i}/\n" for i in range(20_000))  # about 500 KiB
     kept, rules = relevant(others + "User-agent: *\nDisallow: /private/\n", "wit")
@@ -115,8 +115,7 @@ def test_a_large_file_costs_the_cache_only_what_applies_to_wit():
 
 
 def test_the_cache_holds_a_bounded_number_of_rules(monkeypatch):
-    from wit import robots
-
+    from wit.net import robots
     monkeypatch.setattr(robots, "MAX_CACHED_RULES", 100)
     cache = robots._Cache()
     for i in range(10):
@@ -131,8 +130,7 @@ def test_robots_txt_has_its_own_deadline_not_a_share_of_the_images(web_server):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from pipelines.fetch import FetchOptions, fetch
-    from wit import robots
-
+    from wit.net import robots
     web, _ = web_server
     body = web.image_bytes(1)
 

@@ -1,6 +1,6 @@
 from apache_beam.options.pipeline_options import StandardOptions
 
-from wit.runner import LOCAL_RUNNER, pipeline_options
+from wit.core.runner import LOCAL_RUNNER, pipeline_options
 
 
 def test_the_local_runner_is_chosen_explicitly_and_others_are_kept():

@@ -6,9 +6,10 @@ import tarfile
 import pytest
 import webdataset as wds
 
-from wit import fileio
-from wit import shardformat as shards
-from wit.shardformat import ErrorKind, Sample, Status
+from wit.core import fileio
+from wit.core import shardformat as shards
+from wit.core.shardformat import Sample, Status
+from wit.core.errors import ErrorKind
 
 
 def _samples():

@@ -8,8 +8,9 @@ from pipelines import stages
 from pipelines.grouping import pack
 from pipelines.imagededup import EvalImage, Verdict, found_rows
 from pipelines.shards import WriteShards, apply_verdicts
-from wit import shardformat
-from wit.shardformat import ErrorKind, Sample, Status
+from wit.core import shardformat
+from wit.core.shardformat import Sample, Status
+from wit.core.errors import ErrorKind
 
 
 def _staged(n: int) -> list[Sample]:

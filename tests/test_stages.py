@@ -4,7 +4,7 @@ import pytest
 
 from pipelines import stages
 from pipelines.stages import DROP, INFO, POOL, REGISTRY, counter, unbalanced
-from wit.shardformat import STATUSES
+from wit.core.shardformat import STATUSES
 
 
 def test_every_status_is_a_count_and_success_is_the_last_pool():

@@ -1,4 +1,4 @@
-from wit.text import clean_caption, match_form
+from wit.core.text import clean_caption, match_form
 
 
 def test_clean_caption_keeps_text_but_fixes_whitespace_and_controls():

@@ -1,7 +1,7 @@
 import pytest
 
 from trainer.tokenizer import CONTEXT_LENGTH, Tokenizer, train_tokenizer
-from wit.errors import InputError
+from wit.core.errors import InputError
 
 CAPTIONS = ["a red circle", "A photo of a blue square", "my drawing of a star. It is green!",
             "clip art: triangle (yellow)", "a large purple ring"] * 20

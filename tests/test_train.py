@@ -10,7 +10,7 @@ from trainer.evaluate import retrieval, write_classification_set
 from trainer.model import CLIP, config
 from trainer.train import TrainConfig, lr_factor, param_groups, train
 from wit.cli import main
-from wit.errors import InputError
+from wit.core.errors import InputError
 from wit.synthweb.dataset import write_shards
 from wit.synthweb.vocab import COLOURS, SHAPES, Concept
 

@@ -15,8 +15,8 @@ import torch
 
 from trainer.model import CLIP, CLIPConfig
 from trainer.tokenizer import Tokenizer
-from wit import fileio
-from wit.errors import InputError
+from wit.core import fileio
+from wit.core.errors import InputError
 
 
 def checkpoint_dir(out: str) -> str:

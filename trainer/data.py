@@ -28,9 +28,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from wit import fileio
-from wit.errors import InputError
-from wit.shardformat import iter_tar
+from wit.core import fileio
+from wit.core.errors import InputError
+from wit.core.shardformat import iter_tar
 
 log = logging.getLogger(__name__)
 

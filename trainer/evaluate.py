@@ -26,10 +26,10 @@ from trainer import data
 from trainer.checkpoint import load_model
 from trainer.model import CLIP
 from trainer.tokenizer import Tokenizer
-from wit import fileio
-from wit.errors import InputError
-from wit.options import Options, option
-from wit.shardformat import iter_tar, write_members
+from wit.core import fileio
+from wit.core.errors import InputError
+from wit.core.options import Options, option
+from wit.core.shardformat import iter_tar, write_members
 
 CLASSNAMES = "classnames.txt"
 TEMPLATES = "zeroshot_classification_templates.txt"

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from wit.errors import InputError
+from wit.core.errors import InputError
 
 # OpenAI CLIP's image normalisation; the loader hands over uint8 and the model normalises.
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)

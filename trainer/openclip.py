@@ -24,9 +24,9 @@ import torch
 from trainer.checkpoint import load_model
 from trainer.model import CONFIGS, IMAGE_MEAN, IMAGE_STD, CLIP, CLIPConfig, TextConfig, VisionConfig
 from trainer.tokenizer import EOT, PAD, SOT, Tokenizer
-from wit import fileio
-from wit.errors import InputError
-from wit.options import Options, option
+from wit.core import fileio
+from wit.core.errors import InputError
+from wit.core.options import Options, option
 
 CONFIG = "open_clip_config.json"
 WEIGHTS = "open_clip_model.safetensors"

@@ -13,9 +13,9 @@ from tokenizers import Regex
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from wit import fileio
-from wit.errors import InputError
-from wit.options import Options, option
+from wit.core import fileio
+from wit.core.errors import InputError
+from wit.core.options import Options, option
 
 PAD, SOT, EOT = "<pad>", "<|startoftext|>", "<|endoftext|>"
 CONTEXT_LENGTH = 77

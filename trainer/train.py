@@ -27,9 +27,9 @@ from trainer.loss import distributed_clip_loss
 from trainer.model import CLIP, CONFIGS, CLIPConfig, config
 from trainer.openclip import Folder
 from trainer.tokenizer import Tokenizer, train_tokenizer
-from wit import fileio
-from wit.errors import InputError
-from wit.options import Options, option
+from wit.core import fileio
+from wit.core.errors import InputError
+from wit.core.options import Options, option
 
 log = logging.getLogger(__name__)
 

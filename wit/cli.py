@@ -1,7 +1,7 @@
 """The `wit` command line: one entry point, one subcommand per job.
 
 Every subcommand's flags are generated from its options dataclass
-(`wit.options`), so a default or a help text exists once. Only the chosen
+(`wit.core.options`), so a default or a help text exists once. Only the chosen
 subcommand's module is imported: `wit build` does not load torch, and `wit
 train` does not load the Beam job. Flags that are not wit's go to Apache Beam
 for the commands that run a Beam job, and only if Beam knows them.
@@ -19,8 +19,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from wit.errors import WitError, cause_of, user_error_under
-from wit.options import OptionError, add_arguments, from_args
+from wit.core.errors import WitError, cause_of, user_error_under
+from wit.core.options import OptionError, add_arguments, from_args
 
 
 class QuietBeamImport(logging.Filter):
@@ -65,7 +65,7 @@ COMMANDS = (
     Command(("synthweb",), "write a synthetic candidate list and serve its images on 127.0.0.1",
             "wit.synthweb:SynthwebOptions", "wit.synthweb:serve_command"),
     Command(("report",), "an HTML page of plots and sample images for a built dataset",
-            "wit.html_report:ReportOptions", "wit.commands:report"),
+            "wit.report:ReportOptions", "wit.commands:report"),
     Command(("queries", "build"), "words, PMI bigrams, popular titles and WordNet lemmas -> queries.txt",
             "queries.build:QueryBuildOptions", "wit.commands:queries_build", beam=True,
             description="With no input, unigrams come from the wordfreq package (offline default)."),

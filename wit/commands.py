@@ -9,7 +9,7 @@ from typing import Sequence
 
 def build(opts, beam_args: Sequence[str]) -> int:
     from pipelines.build import run_build
-    from wit.report import summary
+    from wit.summary import summary
 
     stats = run_build(opts, beam_args)
     print(summary(stats, opts.out))
@@ -24,7 +24,7 @@ def demo(opts, beam_args: Sequence[str]) -> int:
 
 
 def report(opts, beam_args: Sequence[str]) -> int:
-    from wit.html_report import write_report
+    from wit.report import write_report
 
     print(f"wrote {write_report(opts.dir, opts.out, opts.queries, opts.per_query)}")
     return 0
@@ -89,8 +89,7 @@ def export_openclip(opts, beam_args: Sequence[str]) -> int:
 
 def evaluate(opts, beam_args: Sequence[str]) -> int:
     from trainer.evaluate import evaluate as run_eval, format_results, load_for_eval
-    from wit import fileio
-
+    from wit.core import fileio
     model, tok, device = load_for_eval(opts.checkpoint, opts.device)
     results = run_eval(model, tok, opts.shards, opts.zeroshot, device, opts.batch_size)
     print(format_results(results))

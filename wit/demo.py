@@ -17,10 +17,10 @@ from typing import Sequence
 
 from pipelines.build import BuildOptions, run_build
 from pipelines.fetch import FetchOptions
-from wit import fileio, shardformat
-from wit.errors import InputError
-from wit.options import Options, option
-from wit.report import summary
+from wit.core import fileio, shardformat
+from wit.core.errors import InputError
+from wit.core.options import Options, option
+from wit.summary import summary
 from wit.synthweb import SyntheticServer, SyntheticWeb
 
 _MARKER = ".wit-demo"
@@ -77,7 +77,7 @@ def run_demo(opts: DemoOptions = DemoOptions(), beam_args: Sequence[str] = ()) -
         stats = run_build(build, args)
     print(summary(stats, dataset))
     print(f"dataset built in {time.monotonic() - started:.0f}s; inputs in {inputs}")
-    from wit.html_report import write_report
+    from wit.report import write_report
 
     report = write_report(dataset)
     print(f"dataset report (plots, sample images): {report}")

@@ -1,7 +1,7 @@
 """Real-format shards of synthetic drawings written directly, without the web or Beam.
 
 For trainer tests and benchmarks that need shards of a given size quickly; the
-bytes are what `wit build` writes (wit.shardformat.write_shard).
+bytes are what `wit build` writes (wit.core.shardformat.write_shard).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 from pipelines.resize import ResizeOptions, resize_image
-from wit import shardformat
+from wit.core import shardformat
 from wit.synthweb import draw
 from wit.synthweb.vocab import COLOURS, SHAPES, Concept, caption_for
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Sequence
 
-from wit import fileio
-from wit.options import Options, option
+from wit.core import fileio
+from wit.core.options import Options, option
 from wit.synthweb.site import SyntheticWeb
 
 _ROUTE = re.compile(r"^/(\w+)/(?:(\d+)/)?(\d+)\.(jpg|png|webp)$")

@@ -110,8 +110,7 @@ class SyntheticWeb:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from wit import fileio
-
+        from wit.core import fileio
         rows = self.rows(base_url)
         table = pa.Table.from_pylist([asdict(r) for r in rows])
         with fileio.atomic_open(path) as f:
@@ -120,8 +119,7 @@ class SyntheticWeb:
 
     @staticmethod
     def write_queries(path: str) -> list[str]:
-        from wit import fileio
-
+        from wit.core import fileio
         queries = query_list()
         fileio.write_bytes(path, ("\n".join(queries) + "\n").encode())
         return queries

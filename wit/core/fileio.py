@@ -20,7 +20,7 @@ from typing import BinaryIO, Iterator, Optional, Sequence
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
-from wit.errors import FolderBusy, InputError, WitError, cause_of
+from wit.core.errors import FolderBusy, InputError, WitError, cause_of
 
 
 def join(base: str, *parts: str) -> str:

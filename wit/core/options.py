@@ -17,7 +17,7 @@ import typing
 from functools import lru_cache
 from typing import Any, Callable, Optional, Sequence
 
-from wit.errors import WitError
+from wit.core.errors import WitError
 
 MISSING = dataclasses.MISSING
 

@@ -28,8 +28,8 @@ from protego import Protego
 from urllib3 import PoolManager
 from urllib3.exceptions import HTTPError
 
-from wit.responses import Failure, failure, get, read_body, redirect_target
-from wit.shardformat import ErrorKind
+from wit.net.responses import Failure, failure, get, read_body, redirect_target
+from wit.core.errors import ErrorKind
 
 MAX_BYTES = 500 * 1024
 UNREACHABLE_TTL = 60.0

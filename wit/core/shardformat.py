@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wit import fileio
-
+from wit.core import fileio
+from wit.core.errors import ErrorKind
 class Status(str, Enum):
     """What became of a selected pair; img2dataset's statuses and ours. `PENDING` is the transient state of
     a pair assigned to a shard and not yet downloaded; it is never written to a finished shard."""
@@ -46,39 +46,6 @@ class Status(str, Enum):
 
 
 STATUSES = tuple(s for s in Status if s is not Status.PENDING)  # the final ones, in report order
-
-
-class ErrorKind(str, Enum):
-    """Why a sample is not a success, set where the failure happens; messages add the details."""
-
-    HTTP = "http"  # an HTTP status other than 200
-    RATE_LIMITED = "rate_limited"  # 429/503 with a Retry-After over the limit
-    TIMEOUT = "timeout"
-    CONNECTION = "connection"  # refused, reset, protocol errors
-    DNS = "dns"  # the host name has no address (no such name, no records, failing name servers)
-    DNS_TIMEOUT = "dns_timeout"  # the name lookup did not finish within the deadline
-    TLS = "tls"
-    INVALID_URL = "invalid_url"
-    BLOCKED_NETWORK = "blocked_network"  # a private, loopback or otherwise non-global address
-    REDIRECTS = "too_many_redirects"
-    ROBOTS_TXT = "robots_txt"  # robots.txt disallows the path (opted out)
-    ROBOTS_UNREACHABLE = "robots_unreachable"  # robots.txt answered 5xx or not at all
-    X_ROBOTS_TAG = "x_robots_tag"  # an opt-out directive in the response (opted out)
-    NOT_AN_IMAGE = "not_an_image"  # content type or leading bytes of no image format we decode
-    TOO_LARGE = "too_large"  # bytes or pixels over the cap
-    TOO_SMALL = "too_small"
-    DECODE = "decode"  # an image format, but the data does not decode
-    TOO_COMPLEX = "too_complex"  # decoding work over a bound set before decoding (a JPEG's scan count)
-    DUPLICATE = "duplicate"
-    NEAR_DUPLICATE = "near_duplicate"
-    EVAL_DUPLICATE = "eval_duplicate"
-    OTHER = "other"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-OPT_OUT_KINDS = frozenset({ErrorKind.ROBOTS_TXT, ErrorKind.X_ROBOTS_TAG})
 
 
 @dataclass(frozen=True)

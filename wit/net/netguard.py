@@ -5,7 +5,7 @@ A URL list is untrusted input: a candidate (or a redirect from one) may point at
 Checking the URL's host before the request is not enough: DNS can answer
 differently the second time (rebinding) and redirects name new hosts. So the
 check sits in urllib3's connection: it resolves the name once (through the
-process's caching resolver, `wit.resolver`, within the exchange's deadline), refuses every
+process's caching resolver, `wit.net.resolver`, within the exchange's deadline), refuses every
 range of IANA's special-purpose registries (private, loopback, link-local,
 shared, documentation, ...), multicast and the IPv4-mapped, 6to4 and NAT64
 forms of those, and connects to the very address it checked. Every redirect hop opens its own
@@ -36,7 +36,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
 from urllib3.util import connection as u3connection
 
-from wit.resolver import LookupFailed, resolver_for
+from wit.net.resolver import LookupFailed, resolver_for
 
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})

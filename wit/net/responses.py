@@ -14,9 +14,9 @@ from urllib.parse import urljoin
 from urllib3 import BaseHTTPResponse, PoolManager, Timeout
 from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, SSLError, TimeoutError
 
-from wit import netguard
-from wit.netguard import BlockedAddress, NameLookupFailed
-from wit.shardformat import ErrorKind
+from wit.net import netguard
+from wit.net.netguard import BlockedAddress, NameLookupFailed
+from wit.core.errors import ErrorKind
 
 
 @contextmanager
