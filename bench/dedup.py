@@ -113,7 +113,7 @@ def algorithm(n: int, t: int) -> dict:
 # ---------------------------------------------------------------- the Beam stage
 
 def _beam_images(chunk: int, n: int, t: int):
-    from pipelines.imagededup import ImageInfo
+    from pipelines.records import ImageInfo
 
     phash, pixels, role = make_hashes(n, t)
     pixels[role == 4] = 500

@@ -25,7 +25,7 @@ import apache_beam as beam
 import numpy as np
 
 from pipelines.grouping import Batches, CountPerKey, pack, unpack, windowed
-from pipelines.match import id_counts, ids_of
+from pipelines.records import PAIR, id_counts, ids_of
 from pipelines.stages import counter, key_sizes
 from wit.core.runner import relax_gc
 
@@ -92,7 +92,7 @@ BATCH = 4096  # pairs a Beam element of the balancing stage holds
 
 def to_batch(items: list, seed: int) -> tuple:
     n = len(items)
-    ids = [pair[2] for _uid, pair in items]
+    ids = [pair[PAIR.MATCHED] for _uid, pair in items]
     return tuple(Batch(
         pack(items),
         np.fromiter((priority(seed, uid) for uid, _pair in items), np.uint64, n),

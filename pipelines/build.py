@@ -33,8 +33,10 @@ from pipelines.download import DownloadShards
 from pipelines.fetch import FetchOptions
 from pipelines.grouping import MAX_GROUP
 from pipelines.evalsets import read_eval_sets
-from pipelines.imagededup import EvalImage, ImageDedup, sorted_refs
-from pipelines.match import MatchQueries, control_characters, read_queries
+from pipelines.imagededup import ImageDedup, sorted_refs
+from pipelines.records import EvalImage
+from pipelines.match import MatchQueries
+from pipelines.querylist import control_characters, read_queries
 from pipelines.order import AssignShards, ReadPlan, buckets_for
 from pipelines.resize import ResizeOptions
 from pipelines.progress import DownloadProgress

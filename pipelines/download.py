@@ -40,7 +40,7 @@ import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
 from pipelines.fetch import FetchOptions, Fetched, fetch
-from pipelines.imagededup import ImageInfo
+from pipelines.records import ImageInfo
 from pipelines.decoders import DecoderPool, Processed
 from pipelines.resize import ResizeOptions
 from pipelines.stages import counter

@@ -16,7 +16,7 @@ import logging
 import os
 from typing import Iterator, Sequence
 
-from pipelines.imagededup import EvalImage
+from pipelines.records import EvalImage
 from pipelines.resize import ResizeError, ResizeOptions, resize_image
 from wit.core import fileio
 from wit.core.errors import InputError

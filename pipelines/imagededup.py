@@ -41,36 +41,10 @@ import numba
 import numpy as np
 
 from pipelines.grouping import MAX_GROUP, KeeperPerKey, pack, unpack, windowed
+from pipelines.records import IMAGE, EvalImage, ImageInfo, Verdict
 from pipelines.stages import key_sizes
 from wit.core.shardformat import Status
 from wit.core.errors import ErrorKind
-
-
-class ImageInfo(NamedTuple):
-    """What image dedup needs to know of one successfully fetched sample. The uid is hexadecimal (a hash
-    of the URL), so that it orders as a number. Between steps Beam carries it as a plain tuple (a
-    NamedTuple is pickled, several times slower)."""
-
-    uid: str
-    key: str
-    shard: int
-    sha256: str
-    phash: int
-    pixels: int
-
-    @property
-    def rank(self) -> tuple[int, str]:
-        """Smaller is better: more original pixels first, then the uid."""
-        return (-self.pixels, self.uid)
-
-
-@dataclass(frozen=True)
-class EvalImage:
-    """An image of an evaluation set that no dataset image may be near."""
-
-    source: str  # the evaluation set's name
-    key: str
-    phash: int
 
 
 def hamming(a: int, b: int) -> int:
@@ -188,20 +162,6 @@ def better_members(keys, phash, is_ref, threshold, limit):
 
 # ---------------------------------------------------------------- what was found
 
-class Verdict(NamedTuple):
-    """A downloaded image the writer turns into a dropped sample; `duplicate_of` names the image it is
-    dropped for (a kept sample's key, or an evaluation image's SET/KEY); `degenerate` says the bounded rule
-    found it; `source` is the evaluation set of an `EVAL_DUPLICATE`."""
-
-    uid: str
-    status: Status
-    kind: ErrorKind
-    message: str
-    duplicate_of: str
-    degenerate: bool = False
-    source: str = ""
-
-
 def join(cls, parts: Sequence):
     """NamedTuples of equally long numpy arrays, joined column by column."""
     return cls(*(np.concatenate([p[i] for p in parts]) for i in range(len(cls._fields))))
@@ -238,6 +198,13 @@ class Found(NamedTuple):
     b_pixels: np.ndarray  # int64
     b_uid: np.ndarray  # uint64
     b_key: np.ndarray  # int64
+
+
+def found_row(uid: int, shard: int, distance: int = 0, hot: bool = False, exact: bool = False, ref: int = -1,
+              b_pixels: int = 0, b_uid: int = 0, b_key: int = 0) -> tuple:
+    """One row of `Found`, as `found_rows` takes it: an image found near `ref` (an evaluation image) or, with
+    `exact`, the same bytes as the kept image b_*."""
+    return uid, shard, distance, hot, exact, ref, b_pixels, b_uid, b_key
 
 
 def found_rows(rows: Sequence[tuple]) -> Found:
@@ -277,7 +244,7 @@ def verdicts(f: Found, refs: Sequence[EvalImage], key_digits: int) -> dict[str, 
 def members(infos: Sequence[tuple]) -> Group:
     """ImageInfos (or the plain tuples Beam carries) as columns."""
     n = len(infos)
-    uid, key, shard, _sha, phash, pixels = zip(*infos) if infos else ((),) * 6
+    uid, key, shard, _sha, phash, pixels = zip(*infos) if infos else ((),) * len(ImageInfo._fields)
     return Group(np.fromiter((int(u, 16) for u in uid), np.uint64, n), np.array(phash, np.uint64),
                  np.array(pixels, np.int64), np.array(shard, np.int64), np.full(n, -1, np.int64),
                  np.fromiter(map(int, key), np.int64, n))
@@ -347,7 +314,7 @@ def partition_of(keys: np.ndarray, table: int, partitions: int) -> np.ndarray:
 
 
 def _rank(info: tuple) -> tuple[int, str]:
-    return -info[5], info[0]  # ImageInfo.rank of a plain tuple
+    return -info[IMAGE.PIXELS], info[IMAGE.UID]  # ImageInfo.rank of a plain tuple
 
 
 class ImageDedup(beam.PTransform):
@@ -388,7 +355,9 @@ _FOUND = "found"
 
 def _by_sha256(info: tuple) -> tuple:
     """(sha256, the info without it): the hash travels once."""
-    return info[3], (info[0], info[1], info[2], None, info[4], info[5])
+    without = list(info)
+    without[IMAGE.SHA256] = None
+    return info[IMAGE.SHA256], tuple(without)
 
 
 def shard_verdicts(lists: Iterable[tuple[int, bytes]], refs: Sequence[EvalImage],
@@ -432,15 +401,17 @@ class _ExactDup(beam.DoFn):
         """A list of (sha256, info, keeper); the keepers go on as one list."""
         kept = []
         for _sha, info, keeper in items:
-            if info[0] == keeper[0]:
+            if info[IMAGE.UID] == keeper[IMAGE.UID]:
                 kept.append(info)
                 continue
-            near = self.index.near(info[4]) if self.index else None
-            uid, shard = int(info[0], 16), info[2]
+            near = self.index.near(info[IMAGE.PHASH]) if self.index else None
+            uid, shard = int(info[IMAGE.UID], 16), info[IMAGE.SHARD]
             if near:
-                self.rows.append((uid, shard, near[1], False, False, near[0], 0, 0, 0))
+                ref, distance = near
+                self.rows.append(found_row(uid, shard, distance=distance, ref=ref))
             else:
-                self.rows.append((uid, shard, 0, False, True, -1, keeper[5], int(keeper[0], 16), int(keeper[1])))
+                self.rows.append(found_row(uid, shard, exact=True, b_pixels=keeper[IMAGE.PIXELS],
+                                           b_uid=int(keeper[IMAGE.UID], 16), b_key=int(keeper[IMAGE.KEY])))
         if kept:
             yield kept
 

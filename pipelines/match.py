@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import unicodedata
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
+from typing import Iterator, Sequence
 
 import apache_beam as beam
 import numba
 import numpy as np
 import pyarrow as pa
 
+from pipelines import querylist
 from pipelines.stages import counter
-from wit.core.errors import InputError
 from wit.core.runner import relax_gc
 from wit.core.text import match_form
 
@@ -64,45 +63,6 @@ def _byte_table() -> np.ndarray:
 
 
 _TABLE = _byte_table()
-
-
-def read_queries(path: str) -> list[str]:
-    """One query per line; in a TSV (the query builder's output) the first field.
-
-    A query's id is its 0-based line number, so ids stay stable and map back
-    to the file with `sed -n "$((id+1))p"`. Blank lines keep their number.
-    """
-    return _decode(_read(path), path)
-
-
-def _read(path: str) -> bytes:
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path) as f:
-        return f.read()
-
-
-def _decode(data: bytes, path: str) -> list[str]:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: query file is not UTF-8 (byte {e.start})") from e
-    # Lines end at "\n" (or "\r\n") only: str.splitlines also breaks at U+2028, form feeds, file separators and
-    # NEL, which would shift the id of every later query.
-    lines = text.removeprefix("\ufeff").split("\n")  # a byte-order mark is no part of the first query
-    if lines[-1] == "":
-        lines.pop()  # the final newline ends the last line; it starts none
-    return [line.removesuffix("\r").split("\t", 1)[0].strip() for line in lines]
-
-
-def control_characters(queries: list[str], path: str) -> Optional[str]:
-    """A line naming the first query that holds a control character, which is kept inside it, if any."""
-    for number, q in enumerate(queries, 1):
-        bad = next((c for c in q if unicodedata.category(c) in ("Cc", "Zl", "Zp") and c != "\t"), None)
-        if bad is not None:
-            return (f"{path}: line {number}: the query holds control character U+{ord(bad):04X}; it is kept "
-                    f"inside that query (ids are line numbers)")
-    return None
 
 
 # ---------------------------------------------------------------- kernels
@@ -381,22 +341,6 @@ class Matches:
         return (buffer[offsets[i]:offsets[i + 1]] for i in range(len(self)))
 
 
-def pack_ids(ids: Iterable[int]) -> bytes:
-    """Query ids as a pair carries them: int32, little-endian. One bytes object, not a tuple of a dozen ints:
-    every shuffle of the job pickles and unpickles each pair, and pays per object (0.3 against 0.7 us to
-    pickle a pair, 0.5 against 1.1 us to unpickle one)."""
-    return np.fromiter(ids, "<i4").tobytes()
-
-
-def ids_of(packed: bytes) -> np.ndarray:
-    return np.frombuffer(packed, "<i4")
-
-
-def id_counts(packed: Sequence[bytes]) -> np.ndarray:
-    """How many ids each of `pack_ids`'s outputs holds."""
-    return np.fromiter(map(len, packed), np.int32, len(packed)) >> 2
-
-
 def _utf8(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """A large_string array's bytes and offsets, without copying."""
     _, off_buf, data_buf = arr.buffers()
@@ -522,29 +466,13 @@ _CACHE_LOCK = threading.Lock()
 def matcher_for(path: str) -> QueryMatcher:
     """One automaton per process and query list: Beam creates many DoFn instances, and a long-lived worker
     serves job after job, so the cache is keyed by the file's content, not its path."""
-    data = _read(path)
+    data = querylist.read_bytes(path)
     key = hashlib.blake2b(data, digest_size=16).hexdigest()
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE.clear()  # one list at a time: a worker never needs the previous job's automaton again
-            _CACHE[key] = QueryMatcher(_decode(data, path))
+            _CACHE[key] = QueryMatcher(querylist.decode_queries(data, path))
         return _CACHE[key]
-
-
-class Pair(NamedTuple):
-    """A candidate whose caption matched: what the later stages carry instead of the candidate.
-
-    Between steps Beam carries it as the plain tuple `tuple(pair)` (a NamedTuple would be pickled, four
-    times slower), and `Pair._make` restores it."""
-
-    caption: str
-    url: str
-    matched: bytes  # the matched query ids, `pack_ids`ed (`ids_of` reads them)
-    file: int = -1  # the candidate's input file, as its index in the build's sorted file list
-    row: int = -1  # and its row there: the plan and the shards name both, so every sample leads to its row
-    additional: tuple = ()  # the values of `wit build --save-additional-columns`, in their order
-
-
 
 
 class MatchQueries(beam.PTransform):

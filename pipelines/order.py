@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.grouping import ListsPerKey, unpack
-from pipelines.match import Pair, id_counts, ids_of
+from pipelines.records import PAIR, SELECTED, Selected, id_counts, ids_of
 from pipelines.stages import key_sizes
 from wit.core import fileio, shardformat
 from wit.core.runner import relax_gc
@@ -61,10 +61,10 @@ def bucket_offsets(counts: dict[int, int]) -> dict[int, int]:
     return offsets
 
 
-def ranked(members: Iterable[tuple[str, Pair, tuple[int, ...]]]) -> list[tuple[str, Pair, tuple[int, ...]]]:
-    """A bucket's selected (uid, pair, selecting ids) in key order: by uid (and URL, should two URLs share a
-    uid). Pairs are the plain tuples Beam carries."""
-    return sorted(members, key=lambda m: (m[0], m[1][1]))
+def ranked(members: Iterable[Selected]) -> list[Selected]:
+    """A bucket's selected pairs (as the plain tuples Beam carries) in key order: by uid (and URL, should two
+    URLs share a uid)."""
+    return sorted(members, key=lambda m: (m[SELECTED.UID], m[SELECTED.PAIR][PAIR.URL]))
 
 
 def plan_path(out: str, bucket: int) -> str:
@@ -89,7 +89,7 @@ def _list_array(lengths: np.ndarray, values: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
-def write_bucket(out: str, bucket: int, first: int, members: Sequence[tuple[str, Pair, tuple[int, ...]]],
+def write_bucket(out: str, bucket: int, first: int, members: Sequence[Selected],
                  shard_size: int, files: Sequence[str] = (), additional: Sequence[str] = ()) -> None:
     """A bucket's ranked pairs, their keys counted from `first`, as one plan file. Written whole to memory
     first: a Parquet writer makes many small writes, which a filesystem stream pays for each."""
@@ -146,7 +146,7 @@ class AssignShards(beam.PTransform):
 
     def expand(self, selected):
         b = self.buckets
-        by_bucket = selected | "ListsPerBucket" >> beam.ParDo(ListsPerKey(lambda m: bucket_of(m[0], b)))
+        by_bucket = selected | "ListsPerBucket" >> beam.ParDo(ListsPerKey(lambda m: bucket_of(m[SELECTED.UID], b)))
         offsets = (
             by_bucket
             | "ListSizes" >> beam.Map(lambda kv: (kv[0], kv[1][0]))

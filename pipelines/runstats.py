@@ -19,7 +19,7 @@ import apache_beam as beam
 import numpy as np
 
 from pipelines.grouping import CountPerKey
-from pipelines.match import read_queries
+from pipelines.querylist import read_queries
 from pipelines.order import write_index
 from pipelines.stages import GROUPING_NAMES, NAMES
 from wit.core import fileio

@@ -14,7 +14,8 @@ from typing import Iterable, Mapping, Sequence
 
 import apache_beam as beam
 
-from pipelines.imagededup import EvalImage, Verdict, shard_verdicts
+from pipelines.imagededup import shard_verdicts
+from pipelines.records import EvalImage, Verdict
 from pipelines.stages import counter, eval_set_counter, key_sizes
 from wit.core import fileio, shardformat
 from wit.core.shardformat import STATUSES, Sample, Status

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import apache_beam as beam
 
 from pipelines.grouping import CombineInPartitions, spread
-from pipelines.match import Pair
+from pipelines.records import PAIR, Pair, id_count
 from pipelines.stages import counter, key_sizes
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -74,7 +74,7 @@ def choose_pair(choices: Iterable[Pair]) -> tuple[Pair, int, int]:
         by_caption.setdefault(choice.caption, []).append(choice)
         count += 1
     firsts = [min(group, key=lambda c: (c.url, c.file, c.row)) for group in by_caption.values()]
-    best = min(firsts, key=lambda c: (-len(c.matched), c.caption, c.url, c.file, c.row))
+    best = min(firsts, key=lambda c: (-id_count(c.matched), c.caption, c.url, c.file, c.row))
     return best, count - len(by_caption), len(by_caption) - 1
 
 
@@ -85,7 +85,7 @@ def _most_useful(p: tuple) -> tuple:
     """The caption matching most queries, then the smallest caption, url, and place in the input: the same
     pair whatever order the runner brings them in."""
     caption, url, matched, file, row, _additional = p
-    return -len(matched), caption, url, file, row
+    return -id_count(matched), caption, url, file, row
 
 
 class OnePerUrl(beam.CombineFn):
@@ -101,12 +101,12 @@ class OnePerUrl(beam.CombineFn):
         if best is None:
             return pair, 1, None, 0
         if captions is None:
-            captions = {best[0]}
+            captions = {best[PAIR.CAPTION]}
         if _most_useful(pair) < _most_useful(best):
             best = pair
-        if pair[0] not in captions:
+        if pair[PAIR.CAPTION] not in captions:
             if len(captions) < MAX_CAPTIONS:
-                captions.add(pair[0])
+                captions.add(pair[PAIR.CAPTION])
             else:
                 more += 1
         return best, n + 1, captions, more
@@ -119,7 +119,7 @@ class OnePerUrl(beam.CombineFn):
             if best is None or _most_useful(b) < _most_useful(best):
                 best = b
             n, more = n + m, more + o
-            for caption in ((b[0],) if c is None else c):
+            for caption in ((b[PAIR.CAPTION],) if c is None else c):
                 if caption in captions:
                     continue
                 if len(captions) < MAX_CAPTIONS:
@@ -153,7 +153,7 @@ class DedupUrls(beam.PTransform):
         n = self.partitions
         return (
             pairs
-            | "OnePerUrl" >> CombineInPartitions(OnePerUrl(), lambda p: normalize_url(p[1]),
+            | "OnePerUrl" >> CombineInPartitions(OnePerUrl(), lambda p: normalize_url(p[PAIR.URL]),
                                                  lambda url: spread(url, n), "url_partition")
             | "CountDuplicates" >> beam.ParDo(_CountDuplicates())
         )

@@ -5,7 +5,7 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.balance import Balance, priority, select
-from pipelines.match import Pair, pack_ids
+from pipelines.records import Pair, pack_ids
 
 
 def _matches(n=600, queries=12, seed=3):

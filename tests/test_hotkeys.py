@@ -16,7 +16,7 @@ from pipelines.build import BuildOptions, run_build
 from pipelines.fetch import FetchOptions
 from pipelines.match import QueryMatcher
 from pipelines.resize import ResizeOptions
-from pipelines.match import Pair, ids_of, pack_ids
+from pipelines.records import Pair, ids_of, pack_ids
 from pipelines.urldedup import choose_pair, normalize_url, uid_for
 from wit.core.text import clean_caption
 

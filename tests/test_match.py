@@ -3,7 +3,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pipelines.match import control_characters, QueryMatcher, read_queries
+from pipelines.match import QueryMatcher
+from pipelines.querylist import control_characters, read_queries
 from wit.core.text import match_form
 
 
@@ -148,7 +149,8 @@ def test_the_match_stage_keeps_matching_candidates_as_pairs_and_counts(tmp_path)
 
     from pipelines import stages
     from pipelines.candidates import Candidate
-    from pipelines.match import MatchQueries, Pair, pack_ids
+    from pipelines.match import MatchQueries
+    from pipelines.records import Pair, pack_ids
 
     (tmp_path / "q.txt").write_text("red\nred circle\nblue\n")
     captions = ["A red circle", "green", "blue sky", "nothing"]

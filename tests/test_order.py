@@ -1,6 +1,6 @@
 import pytest
 
-from pipelines.match import Pair, pack_ids
+from pipelines.records import Pair, pack_ids
 from pipelines.order import (BUCKET_BYTES, bucket_of, bucket_offsets, buckets_for, ranked, read_index, read_shard,
                              write_bucket, write_index)
 from wit.core.shardformat import Status

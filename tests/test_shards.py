@@ -6,7 +6,8 @@ import apache_beam as beam
 
 from pipelines import stages
 from pipelines.grouping import pack
-from pipelines.imagededup import EvalImage, Verdict, found_rows
+from pipelines.imagededup import found_rows
+from pipelines.records import EvalImage, Verdict
 from pipelines.shards import WriteShards, apply_verdicts
 from wit.core import shardformat
 from wit.core.shardformat import Sample, Status

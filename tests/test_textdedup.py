@@ -2,7 +2,7 @@ import apache_beam as beam
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import textdedup
-from pipelines.match import Pair, pack_ids
+from pipelines.records import Pair, pack_ids
 from pipelines.textdedup import CAPTION_REPORT, CaptionDedup
 
 SPAM = [f"Buy cheap red shoes online at the best price in town today | ShoeShop {year}" for year in range(2000, 2010)]

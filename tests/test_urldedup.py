@@ -1,4 +1,4 @@
-from pipelines.match import Pair, pack_ids
+from pipelines.records import Pair, pack_ids
 from pipelines.urldedup import choose_pair, normalize_url, uid_for
 
 
