@@ -35,7 +35,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
-from pipelines import imagededup  # noqa: E402
+from pipelines import imagededup, records, sizing  # noqa: E402
 from pipelines.imagededup import Found, Group, best_found, by_rank, group_found, join, tables_for  # noqa: E402
 
 FULL_SIZE = 4 * 10**8
@@ -162,11 +162,11 @@ def main() -> int:
         return 0
     t = a.threshold
     print(f"threshold {t}; {CLUSTER_SHARE:.0%} of images in planted clusters, {DEGENERATE_SHARE:.0%} share one "
-          f"degenerate value; group limit {imagededup.LIMIT:,}")
+          f"degenerate value; group limit {sizing.LIMIT:,}")
     print("\nbaseline: the all-pairs reference (`near_duplicates`, what the tables must equal) on few images:")
     n = 5_000
     phash, pixels, _role = make_hashes(n, t)
-    infos = [imagededup.ImageInfo(f"{i:016x}", f"{i:09d}", 0, "", int(phash[i]), int(pixels[i])) for i in range(n)]
+    infos = [records.ImageInfo(f"{i:016x}", f"{i:09d}", 0, "", int(phash[i]), int(pixels[i])) for i in range(n)]
     imagededup.find_near(infos[:100], t)  # numba compiles (or loads) its kernel on the first call
     start = time.process_time()
     want = imagededup.near_duplicates(infos, t)

@@ -7,7 +7,7 @@ hits). Captions: seeded word sequences drawn by word frequency, 4-16 words,
 with capitals and punctuation, like alt text. One process, one thread.
 
 Measured: `QueryMatcher.match_many` (wit's word-level Aho-Corasick automaton)
-over batches of `pipelines.candidates.READ_BATCH` captions, as the Beam DoFn calls
+over batches of `pipelines.sizing.READ_BATCH` captions, as the Beam DoFn calls
 it; its answer is the ids as arrays. Baseline, in the same run: pyahocorasick
 (a character automaton over the space-padded match form, one call per
 caption), and the obvious alternative, a dict lookup of every word n-gram.
@@ -28,7 +28,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from pipelines.candidates import READ_BATCH as MATCH_BATCH  # noqa: E402
+from pipelines.sizing import READ_BATCH as MATCH_BATCH  # noqa: E402
 from pipelines.match import QueryMatcher  # noqa: E402
 from wit.core.text import match_form  # noqa: E402
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from pipelines.grouping import Batches, CountPerKey, pack, unpack, windowed
 from pipelines.records import PAIR, id_counts, ids_of
+from pipelines.sizing import BATCH, FLUSH_ENTRIES
 from pipelines.stages import counter, key_sizes
 from wit.core.runner import relax_gc
 
@@ -85,9 +86,6 @@ class Batch(NamedTuple):
     def repeated(self) -> tuple[np.ndarray, np.ndarray]:
         """Priority and uid of the pair of each entry of `qids`."""
         return np.repeat(self.prio, self.lengths), np.repeat(self.uid, self.lengths)
-
-
-BATCH = 4096  # pairs a Beam element of the balancing stage holds
 
 
 def to_batch(items: list, seed: int) -> tuple:
@@ -199,7 +197,6 @@ class BottomK(beam.CombineFn):
 
 
 _AGAIN = "again"  # queries whose bound let fewer than `cap` of their pairs through: not proven
-_FLUSH_ENTRIES = 4_000_000  # (query, pair) entries a bundle holds before it hands its partial bottom-ks on
 
 
 class _UnderBound(beam.DoFn):
@@ -225,7 +222,7 @@ class _UnderBound(beam.DoFn):
         keep = ~has | (prio < limit)
         self.parts.append((b.qids[keep], prio[keep], uid[keep]))
         self.held += int(keep.sum())
-        if self.held > _FLUSH_ENTRIES:
+        if self.held > FLUSH_ENTRIES:
             yield from self._partials()
 
     def _partials(self):

@@ -31,20 +31,20 @@ from pipelines.candidates import FORMATS, ReadCandidates
 from pipelines.captionfilter import FilterCaptions
 from pipelines.download import DownloadShards
 from pipelines.fetch import FetchOptions
-from pipelines.grouping import MAX_GROUP
 from pipelines.evalsets import read_eval_sets
 from pipelines.imagededup import ImageDedup, sorted_refs
 from pipelines.records import EvalImage
 from pipelines.match import MatchQueries
 from pipelines.querylist import control_characters, read_queries
-from pipelines.order import AssignShards, ReadPlan, buckets_for
+from pipelines.order import AssignShards, ReadPlan
 from pipelines.resize import ResizeOptions
 from pipelines.progress import DownloadProgress
 from pipelines.runstats import (RunDetails, misbalanced_queries, read_plan_marker, unproven_queries,
                                 write_plan_marker, write_stats)
 from pipelines.shards import WriteShards, write_sizes
+from pipelines.sizing import MAX_GROUP, caption_partitions, plan_buckets, url_partitions
 from pipelines.textdedup import CaptionDedup
-from pipelines.urldedup import DedupUrls, partitions_for
+from pipelines.urldedup import DedupUrls
 from wit.core import fileio, shardformat
 from wit.core.errors import WitError, cause_of, user_error_under
 from wit.core.options import Options, option
@@ -154,11 +154,11 @@ def plan_pipeline(p: beam.Pipeline, files: Sequence[tuple[str, int]], opts: Buil
                                                            additional=opts.save_additional_columns)
     candidates = candidates | "FilterCaptions" >> FilterCaptions(opts.min_caption_words)
     pairs = candidates | "Match" >> MatchQueries(opts.queries, sorted(path for path, _size in files))
-    unique = pairs | "DedupUrls" >> DedupUrls(partitions_for(input_bytes))
+    unique = pairs | "DedupUrls" >> DedupUrls(url_partitions(input_bytes))
     kept = unique | "CaptionDedup" >> CaptionDedup(opts.caption_dup_threshold, opts.seed, opts.out,
-                                                   opts.max_group_size, partitions_for(input_bytes))
+                                                   opts.max_group_size, caption_partitions(input_bytes))
     selected, matched, unproven = kept | "Balance" >> Balance(opts.per_query_cap, opts.seed, whole)
-    planned = selected | "AssignShards" >> AssignShards(opts.shard_size, opts.out, buckets_for(input_bytes),
+    planned = selected | "AssignShards" >> AssignShards(opts.shard_size, opts.out, plan_buckets(input_bytes),
                                                         sorted(path for path, _size in files),
                                                         opts.save_additional_columns)
     _ = (matched, selected, rejects, planned, unproven) | "RunDetails" >> RunDetails(

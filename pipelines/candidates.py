@@ -35,6 +35,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.sizing import READ_BATCH, SPLIT_BYTES
 from pipelines.stages import counter
 from wit.core import fileio
 from wit.core.errors import InputError
@@ -146,7 +147,6 @@ def validate(url: object, caption: object, source: str, row: int,
     return Candidate(url, text, source, row, additional)
 
 
-SPLIT_BYTES = 64 * 1024 * 1024  # a text file larger than this is read in parts of this size
 
 
 @dataclass(frozen=True)
@@ -429,7 +429,6 @@ def read_path(path: str, fmt: str = "auto", url_col: str = "url", caption_col: s
         yield from read_part(part, url_col, caption_col, strict, additional)
 
 
-READ_BATCH = 8192  # candidates a Beam element holds: the matcher takes them a list at a time (bench/match.py)
 
 
 class ReadCandidates(beam.PTransform):

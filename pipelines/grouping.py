@@ -37,12 +37,10 @@ import numpy as np
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from pipelines.sizing import BATCH, FLUSH_KEYS, HOT_KEY_FANOUT, MAX_GROUP
 from pipelines.stages import counter, key_sizes
 from wit.core.runner import relax_gc
 
-MAX_GROUP = 10_000  # elements one worker groups for one key; hot keys go around the grouping
-HOT_KEY_FANOUT = 16
-_FLUSH_KEYS = 100_000  # distinct keys a bundle's Counter holds before it hands its partial counts on
 
 
 class CountPerKey(beam.PTransform):
@@ -75,7 +73,7 @@ class _CountInBundle(beam.DoFn):
             self.array = more
         else:
             self.counts.update(keys)
-            if len(self.counts) > _FLUSH_KEYS:
+            if len(self.counts) > FLUSH_KEYS:
                 yield from self.counts.items()
                 self.counts = Counter()
 
@@ -152,7 +150,7 @@ class ListsPerKey(beam.DoFn):
             else:
                 found.append(value)
         self.held += len(values)
-        if self.held > _FLUSH_KEYS:
+        if self.held > FLUSH_KEYS:
             yield from self._packed()
 
     def _packed(self):
@@ -204,7 +202,7 @@ class _CombineInBundle(beam.DoFn):
         key = self.key(value)
         acc = self.accumulators.get(key)
         self.accumulators[key] = self.fn.add_input(self.fn.create_accumulator() if acc is None else acc, value)
-        if len(self.accumulators) > _FLUSH_KEYS:
+        if len(self.accumulators) > FLUSH_KEYS:
             yield from self._lists()
 
     def _lists(self):
@@ -330,7 +328,6 @@ class _PackedBatches(Batches):
             self.batch = []
 
 
-BATCH = 4096  # values a packed list holds
 _HOT = "hot"
 
 

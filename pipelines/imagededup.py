@@ -40,8 +40,10 @@ import apache_beam as beam
 import numba
 import numpy as np
 
-from pipelines.grouping import MAX_GROUP, KeeperPerKey, pack, unpack, windowed
+from pipelines.grouping import KeeperPerKey, pack, unpack, windowed
 from pipelines.records import IMAGE, EvalImage, ImageInfo, Verdict
+from pipelines.sizing import (FLUSH_FOUND, LIMIT, MAX_GROUP, MAX_TABLES, MIX, TARGET_GROUP, phash_partitions,
+                              sha256_partitions)
 from pipelines.stages import key_sizes
 from wit.core.shardformat import Status
 from wit.core.errors import ErrorKind
@@ -69,16 +71,6 @@ def near_duplicates(infos: Sequence[ImageInfo], threshold: int) -> dict[str, Ima
 
 
 # ---------------------------------------------------------------- tables
-
-# Images of uniform hashes expected per (table, key); B grows until groups are no larger. Each table costs
-# every image about a microsecond in the Beam stage (its entry crosses a shuffle), a comparison in a group
-# about 2 ns: groups of up to 512 cost an image at most 0.5 us of comparisons a table, and keep 4*10^8
-# images at 15 tables (20-bit keys, 381 images a key) where groups of 8 took 35. A group of uniform hashes
-# stays far below LIMIT (5 standard deviations over 512 is 625).
-TARGET_GROUP = 512
-MAX_TABLES = 64  # B stops growing before it needs more tables than this (at large thresholds)
-LIMIT = 2_000  # members of a group compared pairwise; larger groups are the degenerate class
-
 
 @dataclass(frozen=True)
 class Tables:
@@ -299,17 +291,9 @@ def sorted_refs(refs: Sequence[EvalImage]) -> tuple[EvalImage, ...]:
 
 # ---------------------------------------------------------------- the Beam stage
 
-ENTRIES_PER_PARTITION = 1_000_000  # (table, image) entries a worker compares at once: ~50 MB of columns
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-
-
-def partitions_for(images: int, per_partition: int = ENTRIES_PER_PARTITION) -> int:
-    return max(1, -(-images // per_partition))
-
-
 def partition_of(keys: np.ndarray, table: int, partitions: int) -> np.ndarray:
     """Spreads a table's keys evenly over its partitions (equal keys, one partition)."""
-    mixed = (keys ^ np.uint64(table)) * _MIX
+    mixed = (keys ^ np.uint64(table)) * MIX
     return ((mixed >> np.uint64(32)) % np.uint64(partitions)).astype(np.int64)
 
 
@@ -332,13 +316,13 @@ class ImageDedup(beam.PTransform):
         tables = tables_for(self.threshold, self.images + len(self.refs)) if self.threshold >= 0 else None
         exact = (
             infos
-            | "KeeperPerSha256" >> KeeperPerKey("sha256", _rank, self.max_group, partitions_for(self.images, 50_000),
+            | "KeeperPerSha256" >> KeeperPerKey("sha256", _rank, self.max_group, sha256_partitions(self.images),
                                                 keyed=_by_sha256, as_lists=True)
             | "ExactDup" >> beam.ParDo(_ExactDup(tables, self.refs)).with_outputs(_FOUND, main="kept")
         )
         found = exact[_FOUND]
         if tables is not None:
-            partitions = partitions_for(self.images)
+            partitions = phash_partitions(self.images)
             near = (
                 exact.kept
                 | "TableEntries" >> beam.ParDo(_TableEntries(tables, partitions))
@@ -424,8 +408,6 @@ class _ExactDup(beam.DoFn):
 class _BestPerShard(beam.DoFn):
     """`Found` arrays in; (shard, (rows, packed Found)) out per shard and bundle, each image once."""
 
-    FLUSH = 1_000_000  # rows a bundle holds
-
     def start_bundle(self):
         self.parts: list[Found] = []
         self.held = 0
@@ -433,7 +415,7 @@ class _BestPerShard(beam.DoFn):
     def process(self, found: Found):
         self.parts.append(found)
         self.held += len(found.uid)
-        if self.held > self.FLUSH:
+        if self.held > FLUSH_FOUND:
             yield from self._packed()
 
     def _packed(self):

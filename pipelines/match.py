@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import querylist
+from pipelines.sizing import MIX
 from pipelines.stages import counter
 from wit.core.runner import relax_gc
 from wit.core.text import match_form
@@ -41,7 +42,6 @@ from wit.core.text import match_form
 _NO = -1
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
-_MIX = np.uint64(0x9E3779B97F4A7C15)
 _LONG = np.uint64(0xFF << 56)  # tags hashed keys of words longer than 7 bytes
 
 
@@ -91,7 +91,7 @@ BLOOM_SHIFT = 4  # Bloom filter words = edge table slots / 2**BLOOM_SHIFT: 5 to 
 
 @numba.njit(cache=True, inline="always")
 def _mixed(key):
-    return np.uint64(key) * _MIX
+    return np.uint64(key) * MIX
 
 
 @numba.njit(cache=True)

@@ -35,17 +35,10 @@ from wit.core import fileio, shardformat
 from wit.core.runner import relax_gc
 from wit.core.shardformat import Sample, Status, keys_for
 
-BUCKET_BYTES = 250_000  # candidate input per ordering bucket: at most a few thousand selected pairs each
 INDEX = "_index.json"
 PLAN_SCHEMA = pa.schema([shardformat.SCHEMA.field(name) for name in
                          ("key", "uid", "url", "caption", "matched_query_ids", "selected_query_ids", "source_file",
                           "source_row")])
-
-
-def buckets_for(input_bytes: int) -> int:
-    """Enough buckets that none holds more selected pairs than its share of the input has candidates. From
-    the input's size, known before anything runs: a count would make the selection wait to be stored."""
-    return max(1, input_bytes // BUCKET_BYTES)
 
 
 def bucket_of(uid: str, buckets: int) -> int:

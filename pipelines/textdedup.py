@@ -28,7 +28,8 @@ import apache_beam as beam
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-from pipelines.grouping import MAX_GROUP, KeeperPerKey, Smallest
+from pipelines.grouping import KeeperPerKey, Smallest
+from pipelines.sizing import MAX_GROUP
 from pipelines.stages import counter
 from wit.core import fileio
 from wit.core.text import match_form

@@ -25,6 +25,7 @@ import apache_beam as beam
 
 from pipelines.grouping import CombineInPartitions, spread
 from pipelines.records import PAIR, Pair, id_count
+from pipelines.sizing import MAX_CAPTIONS
 from pipelines.stages import counter, key_sizes
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -78,9 +79,6 @@ def choose_pair(choices: Iterable[Pair]) -> tuple[Pair, int, int]:
     return best, count - len(by_caption), len(by_caption) - 1
 
 
-MAX_CAPTIONS = 10_000  # distinct captions of one URL remembered to tell repeats from other captions
-
-
 def _most_useful(p: tuple) -> tuple:
     """The caption matching most queries, then the smallest caption, url, and place in the input: the same
     pair whatever order the runner brings them in."""
@@ -132,13 +130,6 @@ class OnePerUrl(beam.CombineFn):
         best, n, captions, more = acc
         key_sizes("url").update(n)
         return best, n, (1 if captions is None else len(captions)) + more
-
-
-PARTITION_BYTES = 1_000_000  # candidate input per URL partition: a few thousand pairs each, at any size
-
-
-def partitions_for(input_bytes: int) -> int:
-    return max(1, input_bytes // PARTITION_BYTES)
 
 
 class DedupUrls(beam.PTransform):

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import balance, imagededup, textdedup
+from pipelines import balance, sizing, textdedup
 from pipelines.build import BuildOptions, run_build
 from pipelines.fetch import FetchOptions
 from pipelines.match import QueryMatcher
@@ -57,7 +57,7 @@ def test_no_grouping_step_gathers_more_than_max_group_of_one_key(hot):
     keys = hot["stats"]["largest_keys"]
     for step in ("caption_band", "sha256"):
         assert keys[step]["largest"] <= MAX_GROUP, (step, keys[step])
-    assert keys["phash_group"]["largest"] <= imagededup.LIMIT
+    assert keys["phash_group"]["largest"] <= sizing.LIMIT
     # URL partitions and ordering buckets are cut by input size (a few thousand candidates each); this input
     # is smaller than one, and its partials and pairs arrive once each
     for step in ("url_partition", "order_bucket"):

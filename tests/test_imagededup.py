@@ -5,7 +5,8 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.imagededup import (LIMIT, TARGET_GROUP, ImageDedup, best_found, best_of, find_near, found_rows,
+from pipelines.sizing import LIMIT, TARGET_GROUP
+from pipelines.imagededup import (ImageDedup, best_found, best_of, find_near, found_rows,
                                   hamming, near_duplicates, shard_verdicts, tables_for)
 from pipelines.records import EvalImage, ImageInfo
 from wit.core.shardformat import Status

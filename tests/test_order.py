@@ -1,7 +1,8 @@
 import pytest
 
 from pipelines.records import Pair, pack_ids
-from pipelines.order import (BUCKET_BYTES, bucket_of, bucket_offsets, buckets_for, ranked, read_index, read_shard,
+from pipelines.sizing import BUCKET_BYTES, plan_buckets
+from pipelines.order import (bucket_of, bucket_offsets, ranked, read_index, read_shard,
                              write_bucket, write_index)
 from wit.core.shardformat import Status
 
@@ -30,6 +31,6 @@ def test_the_plan_is_the_uid_order_cut_into_shards_whatever_the_buckets(tmp_path
 
 
 def test_buckets_grow_with_the_input_so_each_stays_the_same_size():
-    assert buckets_for(0) == 1 and buckets_for(2 * BUCKET_BYTES - 1) == 1 and buckets_for(2 * BUCKET_BYTES) == 2
-    assert buckets_for(200 * 10**9) == 800_000  # 200 GB of candidates
+    assert plan_buckets(0) == 1 and plan_buckets(2 * BUCKET_BYTES - 1) == 1 and plan_buckets(2 * BUCKET_BYTES) == 2
+    assert plan_buckets(200 * 10**9) == 800_000  # 200 GB of candidates
     assert bucket_of("0" * 16, 800_000) == 0 and bucket_of("f" * 16, 800_000) == 799_999
