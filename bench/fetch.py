@@ -77,7 +77,7 @@ class Server(ThreadingHTTPServer):
 
 
 def run_wit(urls: str, out: str, threads: int, shard_size: int) -> None:
-    """The child process for wit: the same functions the Beam job's StageShard/WriteShard call."""
+    """The child process for wit: the same functions the Beam job's DownloadToStaging/WriteShard call."""
     import pyarrow.parquet as pq
 
     from wit.core import shardformat

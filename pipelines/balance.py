@@ -27,7 +27,7 @@ import numpy as np
 from pipelines.grouping import Batches, CountPerKey, pack, unpack, windowed
 from pipelines.records import PAIR, id_counts, ids_of
 from pipelines.sizing import BATCH, FLUSH_ENTRIES
-from pipelines.stages import counter, key_sizes
+from pipelines.counters import counter, key_sizes
 from wit.core.runner import relax_gc
 
 

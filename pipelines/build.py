@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import stages
+from pipelines import counters
 from pipelines.balance import Balance
 from pipelines.candidates import FORMATS, ReadCandidates
 from pipelines.captionfilter import FilterCaptions
@@ -165,7 +165,7 @@ def plan_pipeline(p: beam.Pipeline, files: Sequence[tuple[str, int]], opts: Buil
         opts.queries, opts.out, opts.per_query_cap, opts.shard_size)
 
 
-def fetch_pipeline(p: beam.Pipeline, shards: int, opts: BuildOptions, finished: frozenset[int],
+def download_pipeline(p: beam.Pipeline, shards: int, opts: BuildOptions, finished: frozenset[int],
                    refs: Sequence[EvalImage] = ()) -> None:
     """The planned shards downloaded, deduplicated across the whole dataset (and against the evaluation
     images `refs`) and written."""
@@ -224,10 +224,11 @@ def _check_out(opts: BuildOptions, files: list[tuple[str, int, float]], refs: Se
         fileio.write_bytes(marker, json.dumps(fingerprint, indent=1).encode() + b"\n")
 
 
-def _run(build, beam_args: Sequence[str], *args) -> tuple[dict, dict, dict]:
-    """Run one job; the stage counts, key sizes and drops per evaluation set it reported."""
+def _run_job(job, beam_args: Sequence[str], *args) -> tuple[dict, dict, dict]:
+    """Run one job (`plan_pipeline` or `download_pipeline`); the stage counts, key sizes and drops per
+    evaluation set it reported."""
     p = beam.Pipeline(options=pipeline_options(beam_args))
-    build(p, *args)
+    job(p, *args)
     try:
         result = p.run()
         result.wait_until_finish()
@@ -235,7 +236,8 @@ def _run(build, beam_args: Sequence[str], *args) -> tuple[dict, dict, dict]:
         if cause_of(e, KeyboardInterrupt):  # Ctrl-C inside a DoFn, re-raised by Beam as a RuntimeError
             raise KeyboardInterrupt from None
         raise _user_error(e) or e
-    return stages.from_metrics(result), stages.key_sizes_from_metrics(result), stages.eval_sets_from_metrics(result)
+    return (counters.from_metrics(result), counters.key_sizes_from_metrics(result),
+            counters.eval_sets_from_metrics(result))
 
 
 def _user_error(e: BaseException) -> Optional[WitError]:
@@ -258,8 +260,8 @@ def _make_plan(opts: BuildOptions, files: list[tuple[str, int]], beam_args: Sequ
     whole: frozenset[int] = frozenset()
     while True:
         _delete(fileio.join(opts.out, "plan"), "*")  # an unfinished plan's files, or the unproven one's
-        counts, keys, _ = _run(plan_pipeline, beam_args, files, opts, whole)
-        problems = stages.unbalanced(counts, until="selected")
+        counts, keys, _ = _run_job(plan_pipeline, beam_args, files, opts, whole)
+        problems = counters.unbalanced(counts, until="selected")
         if problems:  # pairs lost or doubled on the way (a failed worker whose bundle the runner dropped)
             raise BuildError(f"the plan's counts do not add up ({'; '.join(problems)}): the runner lost or "
                              "repeated pairs, so this plan is not kept; run the build again")
@@ -291,11 +293,11 @@ def run_build(opts: BuildOptions, beam_args: Sequence[str] = ()) -> dict:
         log.warning("%s", odd)
     refs = read_eval_sets(opts.exclude_near, opts.resize)
     with fileio.folder_lock(opts.out, "wit build"):
-        return _build(opts, files, refs, beam_args)
+        return _plan_and_download(opts, files, refs, beam_args)
 
 
-def _build(opts: BuildOptions, files: list[tuple[str, int, float]], refs: Sequence[EvalImage],
-           beam_args: Sequence[str]) -> dict:
+def _plan_and_download(opts: BuildOptions, files: list[tuple[str, int, float]], refs: Sequence[EvalImage],
+                       beam_args: Sequence[str]) -> dict:
     _check_out(opts, files, refs)
     _clean_temporaries(opts.out)
     plan = read_plan_marker(opts.out)
@@ -309,9 +311,9 @@ def _build(opts: BuildOptions, files: list[tuple[str, int, float]], refs: Sequen
     if finished:
         log.info("%d finished shard(s) in %s are kept", len(finished), opts.out)
     with DownloadProgress(opts.out, plan["shards"], finished) if opts.progress else contextlib.nullcontext():
-        counts, keys, eval_sets = _run(fetch_pipeline, beam_args, plan["shards"], opts, finished, refs)
+        counts, keys, eval_sets = _run_job(download_pipeline, beam_args, plan["shards"], opts, finished, refs)
     stats = write_stats(opts.out, plan, counts, keys, eval_sets, opts.per_query_cap, opts.seed)
-    problems = stages.unbalanced(stats["stages"])
+    problems = counters.unbalanced(stats["stages"])
     if problems:  # a stage that drops pairs without counting them: a bug, but the shards are fine
         log.warning("stage counts do not add up: %s", "; ".join(problems))
     return stats

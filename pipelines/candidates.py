@@ -36,7 +36,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.sizing import READ_BATCH, SPLIT_BYTES
-from pipelines.stages import counter
+from pipelines.counters import counter
 from wit.core import fileio
 from wit.core.errors import InputError
 from wit.core.runner import relax_gc

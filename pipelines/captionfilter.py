@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from pipelines.stages import counter
+from pipelines.counters import counter
 from wit.core.text import match_form
 
 

@@ -17,7 +17,7 @@ fetching, so memory stays bounded whichever side is faster.
 Work is queued per host across every shard the process has open: a thread
 takes the next sample of the next host (round robin) below its
 `max_per_host` limit, so a slow or hostile host costs its own URLs time. The
-job's stage (`StageShard`) submits the next shard while the last one's
+job's stage (`DownloadToStaging`) submits the next shard while the last one's
 stragglers are still in flight, so a shard's slowest URL never idles the
 process; a shard's results are staged to one file as soon as it is complete,
 so image bytes never travel through a Beam shuffle.
@@ -43,7 +43,7 @@ from pipelines.fetch import FetchOptions, Fetched, fetch
 from pipelines.records import ImageInfo
 from pipelines.decoders import DecoderPool, Processed
 from pipelines.resize import ResizeOptions
-from pipelines.stages import counter
+from pipelines.counters import counter
 from wit.core import fileio, shardformat
 from wit.core.shardformat import Sample, Status
 from wit.core.errors import ErrorKind
@@ -314,7 +314,7 @@ def image_info(shard: int, s: Sample) -> ImageInfo:
                      pixels=(s.original_width or 0) * (s.original_height or 0))
 
 
-SHARDS = "shards"  # StageShard's second output: the number of every shard it saw
+SHARDS = "shards"  # DownloadToStaging's second output: the number of every shard it saw
 
 
 class DownloadShards(beam.PTransform):
@@ -323,10 +323,10 @@ class DownloadShards(beam.PTransform):
     def __init__(self, out: str, finished: frozenset[int], fetch_opts: FetchOptions, resize_opts: ResizeOptions,
                  threads: int):
         super().__init__()
-        self.stage = StageShard(out, finished, fetch_opts, resize_opts, threads)
+        self.to_staging = DownloadToStaging(out, finished, fetch_opts, resize_opts, threads)
 
     def expand(self, pending):
-        staged = pending | "StageShard" >> beam.ParDo(self.stage).with_outputs(SHARDS, main="images")
+        staged = pending | "DownloadToStaging" >> beam.ParDo(self.to_staging).with_outputs(SHARDS, main="images")
         return staged.images, staged[SHARDS]
 
 
@@ -337,7 +337,7 @@ class _Open:
     job: ShardJob
 
 
-class StageShard(beam.DoFn):
+class DownloadToStaging(beam.DoFn):
     """(shard, pending samples) in; ImageInfo out per downloaded image, and the shard number on `SHARDS`.
 
     A shard is submitted to the process's downloader and the element returns at once while the

@@ -21,7 +21,7 @@ to shuffle one on the local runner, against a few us of work), so
 and lists cross a shuffle `pack`ed: Beam's generic coder walks a list item by
 item (1.1-1.8 us to encode and decode a pair, measured), pickle without its
 memo takes 1.1.
-Every grouping reports its elements per key to `pipelines.stages.key_sizes`.
+Every grouping reports its elements per key to `pipelines.counters.key_sizes`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.sizing import BATCH, FLUSH_KEYS, HOT_KEY_FANOUT, MAX_GROUP
-from pipelines.stages import counter, key_sizes
+from pipelines.counters import counter, key_sizes
 from wit.core.runner import relax_gc
 
 

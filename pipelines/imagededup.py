@@ -44,7 +44,7 @@ from pipelines.grouping import KeeperPerKey, pack, unpack, windowed
 from pipelines.records import IMAGE, EvalImage, ImageInfo, Verdict
 from pipelines.sizing import (FLUSH_FOUND, LIMIT, MAX_GROUP, MAX_TABLES, MIX, TARGET_GROUP, phash_partitions,
                               sha256_partitions)
-from pipelines.stages import key_sizes
+from pipelines.counters import key_sizes
 from wit.core.shardformat import Status
 from wit.core.errors import ErrorKind
 

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from pipelines import querylist
 from pipelines.sizing import MIX
-from pipelines.stages import counter
+from pipelines.counters import counter
 from wit.core.runner import relax_gc
 from wit.core.text import match_form
 

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from pipelines.grouping import ListsPerKey, unpack
 from pipelines.records import PAIR, SELECTED, Selected, id_counts, ids_of
-from pipelines.stages import key_sizes
+from pipelines.counters import key_sizes
 from wit.core import fileio, shardformat
 from wit.core.runner import relax_gc
 from wit.core.shardformat import Sample, Status, keys_for

@@ -3,7 +3,7 @@
 The plan's last step writes DIR/query_counts.tsv and leaves the per-query
 distributions, the first rejected rows and the number of shards in
 DIR/plan/_details.json; the driver adds the stage counts and key sizes (Beam
-metrics, see `pipelines.stages`) once each job has finished: DIR/plan/_plan.json
+metrics, see `pipelines.counters`) once each job has finished: DIR/plan/_plan.json
 after the plan, DIR/stats.json after the download. Everything here is bounded
 by the number of queries, not of pairs.
 """
@@ -21,7 +21,7 @@ import numpy as np
 from pipelines.grouping import CountPerKey
 from pipelines.querylist import read_queries
 from pipelines.order import write_index
-from pipelines.stages import GROUPING_NAMES, NAMES
+from pipelines.counters import GROUPING_NAMES, NAMES
 from wit.core import fileio
 from wit.core.shardformat import Status
 

@@ -16,7 +16,7 @@ import apache_beam as beam
 
 from pipelines.imagededup import shard_verdicts
 from pipelines.records import EvalImage, Verdict
-from pipelines.stages import counter, eval_set_counter, key_sizes
+from pipelines.counters import counter, eval_set_counter, key_sizes
 from wit.core import fileio, shardformat
 from wit.core.shardformat import STATUSES, Sample, Status
 

@@ -30,7 +30,7 @@ from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from pipelines.grouping import KeeperPerKey, Smallest
 from pipelines.sizing import MAX_GROUP
-from pipelines.stages import counter
+from pipelines.counters import counter
 from wit.core import fileio
 from wit.core.text import match_form
 

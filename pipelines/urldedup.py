@@ -26,7 +26,7 @@ import apache_beam as beam
 from pipelines.grouping import CombineInPartitions, spread
 from pipelines.records import PAIR, Pair, id_count
 from pipelines.sizing import MAX_CAPTIONS
-from pipelines.stages import counter, key_sizes
+from pipelines.counters import counter, key_sizes
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 

@@ -280,7 +280,7 @@ def digest(path: str, algorithm: str) -> str:
     return h.hexdigest()
 
 
-def fetch_file(client: Client, want: Wanted, out: str, bar=None) -> Record:
+def download_file(client: Client, want: Wanted, out: str, bar=None) -> Record:
     """`want` at OUT/path, resumed from OUT/path.part; its checksum verified before it takes its name."""
     dest = os.path.join(out, want.path)
     part = dest + ".part"
@@ -551,7 +551,7 @@ def download(opts: DownloadOptions, sleep: Callable[[float], None] = time.sleep)
         with _bar(opts, source, sum(sizes) if wanted and None not in sizes else None) as bar:
             for i, want in enumerate(wanted):
                 try:
-                    record = fetch_file(client, want, out, bar)
+                    record = download_file(client, want, out, bar)
                 except DownloadError as e:
                     record = Record(want.source, want.url, want.path, problem=e.problem.value, error=str(e))
                 (manifest["failed"] if record.problem else manifest["files"]).append(asdict(record))

@@ -41,7 +41,7 @@ def test_cap_must_be_positive():
 
 def _run_balance(matches, cap, seed, whole=frozenset(), unproven=()):
     """Beam's selection, its per-query counts and the largest number of pairs one query's bottom-k saw."""
-    from pipelines import stages
+    from pipelines import counters
 
     pairs = [(uid, Pair(f"caption {uid}", f"http://x/{uid}", pack_ids(qs))) for uid, qs in matches.items()]
     p = beam.Pipeline("DirectRunner")
@@ -56,7 +56,7 @@ def _run_balance(matches, cap, seed, whole=frozenset(), unproven=()):
     assert_that(matched, equal_to(sorted(expected_matched.items())), label="Matched")
     result = p.run()
     result.wait_until_finish()
-    return stages.key_sizes_from_metrics(result)["query_topk"]
+    return counters.key_sizes_from_metrics(result)["query_topk"]
 
 
 def test_beam_balance_equals_the_reference_and_bounds_each_query():

@@ -18,7 +18,7 @@ from pipelines.fetch import FetchOptions
 from pipelines.imagededup import hamming
 from pipelines.match import QueryMatcher
 from pipelines.resize import ResizeOptions
-from pipelines.stages import REGISTRY, unbalanced
+from pipelines.counters import REGISTRY, unbalanced
 from pipelines.urldedup import normalize_url, uid_for
 from wit.core.shardformat import STATUSES
 from wit.core.text import clean_caption

@@ -74,7 +74,7 @@ def test_the_read_stage_splits_candidates_from_rejects_and_counts_both(tmp_path)
     import apache_beam as beam
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipelines import stages
+    from pipelines import counters
     from pipelines.candidates import ReadCandidates
 
     (tmp_path / "a.jsonl").write_text('{"url": "http://x/1.jpg", "caption": "one"}\nnot json\n')
@@ -88,7 +88,7 @@ def test_the_read_stage_splits_candidates_from_rejects_and_counts_both(tmp_path)
                                                                                          ("b.csv", 1)]), label="Bad")
     result = p.run()
     result.wait_until_finish()
-    counts = stages.from_metrics(result)
+    counts = counters.from_metrics(result)
     assert (counts["candidates"], counts["rejected_rows"]) == (4, 2)
 
 

@@ -3,7 +3,7 @@ import json
 import apache_beam as beam
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import stages
+from pipelines import counters
 from pipelines.build import BuildOptions, run_build
 from pipelines.candidates import Candidate
 from pipelines.captionfilter import FilterCaptions, long_enough
@@ -22,7 +22,7 @@ def test_the_stage_drops_and_counts_short_captions():
     assert_that(kept | beam.FlatMap(lambda batch: [c.row for c in batch]), equal_to([0, 2]))
     result = p.run()
     result.wait_until_finish()
-    assert stages.from_metrics(result)["short_captions"] == 1
+    assert counters.from_metrics(result)["short_captions"] == 1
 
 
 def test_the_job_counts_the_drops_between_read_and_match(tmp_path):
@@ -35,4 +35,4 @@ def test_the_job_counts_the_drops_between_read_and_match(tmp_path):
                       ["--runner=DirectRunner"])
     s = stats["stages"]
     assert (s["candidates"], s["short_captions"], s["unmatched"], s["matched"]) == (4, 2, 0, 2)
-    assert stages.unbalanced(s) == []
+    assert counters.unbalanced(s) == []

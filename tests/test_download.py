@@ -8,7 +8,7 @@ import pytest
 
 from pipelines import download
 from pipelines.decoders import DecoderPool
-from pipelines.download import Downloader, StageShard, _Controller, download_shard
+from pipelines.download import Downloader, DownloadToStaging, _Controller, download_shard
 from pipelines.fetch import FetchOptions
 from pipelines.resize import ResizeOptions
 from wit.core import shardformat
@@ -178,13 +178,13 @@ def test_the_next_shard_is_fetched_while_the_last_ones_straggler_is(slow_server,
     straggler = "/img/0.jpg"
     server, base = slow_server(delays={straggler: 3.0}, default=0.05)
     (tmp_path / "_staging").mkdir()
-    stage = StageShard(str(tmp_path), frozenset(), OPTS, ResizeOptions(image_size=32), threads=0)
-    stage.start_bundle()
+    step = DownloadToStaging(str(tmp_path), frozenset(), OPTS, ResizeOptions(image_size=32), threads=0)
+    step.start_bundle()
     shards = {n: [Sample(key=shardformat.key_for(n, i, 10), uid=f"{n}-{i}", url=f"{base}/img/{n * 10 + i}.jpg",
                          caption="c") for i in range(10)] for n in (0, 1)}
     started = time.monotonic()
-    out = list(stage.process((0, shards[0]))) + list(stage.process((1, shards[1])))
-    out += list(stage.finish_bundle())
+    out = list(step.process((0, shards[0]))) + list(step.process((1, shards[1])))
+    out += list(step.finish_bundle())
     assert time.monotonic() - started < 4.5  # not 3 s, then shard 1
     assert server.arrivals["/img/10.jpg"] - started < 1.0
     for n in (0, 1):

@@ -147,7 +147,7 @@ def test_the_match_stage_keeps_matching_candidates_as_pairs_and_counts(tmp_path)
     import apache_beam as beam
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipelines import stages
+    from pipelines import counters
     from pipelines.candidates import Candidate
     from pipelines.match import MatchQueries
     from pipelines.records import Pair, pack_ids
@@ -162,7 +162,7 @@ def test_the_match_stage_keeps_matching_candidates_as_pairs_and_counts(tmp_path)
                                  Pair("blue sky", "http://x/2", pack_ids((2,)), 1, 2)]))
     result = p.run()
     result.wait_until_finish()
-    counts = stages.from_metrics(result)
+    counts = counters.from_metrics(result)
     assert (counts["matched"], counts["unmatched"]) == (2, 2)
 
 

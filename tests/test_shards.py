@@ -4,7 +4,7 @@ import json
 
 import apache_beam as beam
 
-from pipelines import stages
+from pipelines import counters
 from pipelines.grouping import pack
 from pipelines.imagededup import found_rows
 from pipelines.records import EvalImage, Verdict
@@ -44,10 +44,10 @@ def test_write_shards_writes_staged_shards_and_counts_finished_ones_too(tmp_path
          | WriteShards(out, finished=frozenset({1}), refs=refs))
     result = p.run()
     result.wait_until_finish()
-    counts = stages.from_metrics(result)
+    counts = counters.from_metrics(result)
     assert (counts["success"], counts["near_duplicate"], counts["eval_duplicate"], counts["failed_to_download"]) == \
         (1, 1, 1, 1)
-    assert stages.eval_sets_from_metrics(result) == {"cifar": 1}
+    assert counters.eval_sets_from_metrics(result) == {"cifar": 1}
     stats = json.loads((tmp_path / "shards" / "00000_stats.json").read_text())
     assert stats["successes"] == 1 and stats["near_duplicate"] == 1 and stats["eval_duplicate"] == 1
     assert not (tmp_path / "_staging" / "00000.parquet").exists()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.stages import DROP, GROUPINGS, INFO, shown
+from pipelines.counters import DROP, GROUPINGS, INFO, shown
 
 
 def _pairs(items: list) -> str:

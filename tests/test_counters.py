@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipelines import stages
-from pipelines.stages import DROP, INFO, POOL, REGISTRY, counter, unbalanced
+from pipelines import counters
+from pipelines.counters import DROP, INFO, POOL, REGISTRY, counter, unbalanced
 from wit.core.shardformat import STATUSES
 
 
@@ -27,7 +27,7 @@ def test_unbalanced_names_a_pool_that_does_not_follow_from_its_drops():
 
 
 def test_a_count_missing_from_the_registry_fails_where_it_is_declared():
-    with pytest.raises(KeyError, match="not in pipelines.stages.REGISTRY"):
+    with pytest.raises(KeyError, match="not in pipelines.counters.REGISTRY"):
         counter("no_such_count")
     assert counter("unmatched") is not None
 
@@ -36,5 +36,5 @@ def test_optional_counts_are_shown_only_when_they_counted_something():
     optional = [c for c in REGISTRY if c.optional]
     assert optional and all(c.role in (DROP, INFO) for c in optional)
     zero = {c.name: 0 for c in REGISTRY}
-    assert not set(c.name for c in optional) & {c.name for c in stages.shown(zero)}
-    assert {c.name for c in optional} <= {c.name for c in stages.shown({c.name: 1 for c in REGISTRY})}
+    assert not set(c.name for c in optional) & {c.name for c in counters.shown(zero)}
+    assert {c.name for c in optional} <= {c.name for c in counters.shown({c.name: 1 for c in REGISTRY})}

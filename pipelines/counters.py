@@ -99,7 +99,7 @@ GROUPING_NAMES = tuple(g.name for g in GROUPINGS)
 def counter(name: str):
     """The Beam counter of a registered count (a typo fails when the stage module is imported)."""
     if name not in NAMES:
-        raise KeyError(f"{name!r} is not in pipelines.stages.REGISTRY")
+        raise KeyError(f"{name!r} is not in pipelines.counters.REGISTRY")
     return Metrics.counter(NAMESPACE, name)
 
 
@@ -107,7 +107,7 @@ def counter(name: str):
 def key_sizes(name: str):
     """The distribution of elements per key of a registered grouping step."""
     if name not in GROUPING_NAMES:
-        raise KeyError(f"{name!r} is not in pipelines.stages.GROUPINGS")
+        raise KeyError(f"{name!r} is not in pipelines.counters.GROUPINGS")
     return Metrics.distribution(NAMESPACE, f"keys.{name}")
 
 
