@@ -135,7 +135,7 @@ def main() -> int:
     if a.shards:
         shards = data.list_shards([a.shards])
     else:
-        from wit.synthweb.dataset import write_shards
+        from tests.synthshards import write_shards  # the tests' shard writer
 
         per_shard = max(64, a.batch * a.loader_batches // (2 * a.workers) + 1)
         print(f"writing {2 * a.workers} synthetic shards of {per_shard} samples (256 px) to {tmp} ...", flush=True)

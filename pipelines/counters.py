@@ -34,7 +34,6 @@ class Role(Enum):
 
 @dataclass(frozen=True)
 class Count:
-    stage: str  # the module that reports it
     name: str  # Beam counter name and stats.json key
     label: str
     role: Role
@@ -44,30 +43,30 @@ class Count:
 POOL, DROP, INFO = Role.POOL, Role.DROP, Role.INFO
 
 REGISTRY: tuple[Count, ...] = (
-    Count("candidates", "candidates", "candidate rows read", POOL),
-    Count("candidates", "rejected_rows", "rejected (bad rows)", DROP),
-    Count("candidates", "damaged_files", "input files damaged part-way (rows before the damage read)", INFO,
+    Count("candidates", "candidate rows read", POOL),
+    Count("rejected_rows", "rejected (bad rows)", DROP),
+    Count("damaged_files", "input files damaged part-way (rows before the damage read)", INFO,
           optional=True),
-    Count("captionfilter", "short_captions", "captions under --min-caption-words", DROP, optional=True),
-    Count("match", "unmatched", "matching no query", DROP),
-    Count("match", "matched", "pairs matching a query", POOL),
-    Count("urldedup", "duplicate_pairs", "repeated (url, caption)", DROP),
-    Count("urldedup", "duplicate_urls", "other captions of a kept url", DROP),
-    Count("urldedup", "unique_pairs", "unique matched pairs", POOL),
-    Count("textdedup", "caption_near_duplicates", "near-duplicate captions", DROP, optional=True),
-    Count("balance", "over_cap", "over the cap of every query matched", DROP),
-    Count("balance", "selected", "selected by balancing", POOL),
-    Count("shards", Status.FAILED_TO_DOWNLOAD.value, "failed to download", DROP),
-    Count("shards", Status.FAILED_TO_RESIZE.value, "failed to decode/resize", DROP),
-    Count("shards", Status.OPTED_OUT.value, "opted out (robots.txt, X-Robots-Tag)", DROP),
-    Count("shards", Status.DUPLICATE.value, "duplicate images", DROP),
-    Count("shards", Status.NEAR_DUPLICATE.value, "near-duplicate images", DROP),
-    Count("shards", Status.EVAL_DUPLICATE.value, "near an evaluation image (--exclude-near)", DROP, optional=True),
-    Count("shards", Status.SUCCESS.value, "samples in the shards", POOL),
-    Count("download", "downloaded_this_run", "downloaded in this run", INFO),
-    Count("shards", "near_dup_degenerate", "near duplicates in pHash groups over the limit (bounded rule)", INFO,
+    Count("short_captions", "captions under --min-caption-words", DROP, optional=True),
+    Count("unmatched", "matching no query", DROP),
+    Count("matched", "pairs matching a query", POOL),
+    Count("duplicate_pairs", "repeated (url, caption)", DROP),
+    Count("duplicate_urls", "other captions of a kept url", DROP),
+    Count("unique_pairs", "unique matched pairs", POOL),
+    Count("caption_near_duplicates", "near-duplicate captions", DROP, optional=True),
+    Count("over_cap", "over the cap of every query matched", DROP),
+    Count("selected", "selected by balancing", POOL),
+    Count(Status.FAILED_TO_DOWNLOAD.value, "failed to download", DROP),
+    Count(Status.FAILED_TO_RESIZE.value, "failed to decode/resize", DROP),
+    Count(Status.OPTED_OUT.value, "opted out (robots.txt, X-Robots-Tag)", DROP),
+    Count(Status.DUPLICATE.value, "duplicate images", DROP),
+    Count(Status.NEAR_DUPLICATE.value, "near-duplicate images", DROP),
+    Count(Status.EVAL_DUPLICATE.value, "near an evaluation image (--exclude-near)", DROP, optional=True),
+    Count(Status.SUCCESS.value, "samples in the shards", POOL),
+    Count("downloaded_this_run", "downloaded in this run", INFO),
+    Count("near_dup_degenerate", "near duplicates in pHash groups over the limit (bounded rule)", INFO,
           optional=True),
-    Count("grouping", "hot_keys", "keys over --max-group-size, resolved without grouping", INFO, optional=True),
+    Count("hot_keys", "keys over --max-group-size, resolved without grouping", INFO, optional=True),
 )
 NAMES = tuple(c.name for c in REGISTRY)
 assert len(set(NAMES)) == len(NAMES), "a count is registered twice"

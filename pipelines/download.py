@@ -67,7 +67,7 @@ HEADROOM = 2.0
 # Bodies fetched and waiting for the pool, per pool process: enough that no process waits for work while
 # the fetchers catch up.
 BACKLOG_PER_PROCESS = 8
-# Before any measurement: a mean fetch of 0.3 s and 4 ms of CPU an image.
+# Before any measurement: a web-like mean fetch time and CPU per image, in seconds (bench/download.py).
 START_LATENCY, START_CPU = 0.3, 0.004
 
 

@@ -6,8 +6,8 @@ URL never costs the rest of a shard. Retries are decided by the kind.
 
 urllib3 rather than requests on top of it: the fetcher follows redirects
 itself (each hop is checked), reads bodies itself (byte cap, deadline) and
-wants no cookies, proxies or hooks, so requests added nothing but CPU, about
-0.45 ms of every fetch (a third of it in `typing` Protocol checks).
+wants no cookies, proxies or hooks, so requests added nothing but CPU per
+fetch (bench/fetch.py; figures in bench/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -15,12 +15,11 @@ elements on one worker:
   their smallest element from a combine, with Beam's hot-key fan-out, and it
   reaches their elements as a side input, so they are never grouped.
 
-A Beam element costs more than the work most steps do on a value (about 35 us
-to shuffle one on the local runner, against a few us of work), so
+A Beam element costs more than the work most steps do on a value, so
 `Batches` and `ListsPerKey` move lists where one value per element would do,
 and lists cross a shuffle `pack`ed: Beam's generic coder walks a list item by
-item (1.1-1.8 us to encode and decode a pair, measured), pickle without its
-memo takes 1.1.
+item, pickle without its memo does it in one call (bench/scale.py; figures in
+bench/RESULTS.md).
 Every grouping reports its elements per key to `pipelines.counters.key_sizes`.
 """
 
@@ -169,23 +168,31 @@ class CombineInPartitions(beam.PTransform):
 
     Values are combined in each bundle first (as Beam's combiner lifting does); then each bundle sends one
     list of (key, accumulator) per partition, `partition(key)` naming it, and each partition merges its
-    keys. A Beam element costs more than combining a value (35 us against 2 on the local runner), so when
-    most keys are unique, as URLs are, one element per partition and bundle instead of one per key is
-    most of the step's cost. A hot key sends one accumulator per bundle, as with CombinePerKey.
+    keys. A Beam element costs more than combining a value, so when most keys are unique, as URLs are, one
+    element per partition and bundle instead of one per key is most of the step's cost. A hot key sends one
+    accumulator per bundle, as with CombinePerKey.
     """
 
     def __init__(self, fn: beam.CombineFn, key: Callable[[Any], Any], partition: Callable[[Any], int],
-                 step: Optional[str], lists: bool = False):
+                 step: Optional[str]):
         super().__init__()
         self.fn, self.key, self.partition, self.step = fn, key, partition, step
-        self.lists = lists  # the input elements are packed lists of values
+
+    def _in_bundle(self) -> beam.DoFn:
+        return _CombineInBundle(self.fn, self.key, self.partition)
 
     def expand(self, kv):
-        combine = (_CombineListsInBundle if self.lists else _CombineInBundle)(self.fn, self.key, self.partition)
         return (kv
-                | "CombineInBundle" >> beam.ParDo(combine)
+                | "CombineInBundle" >> beam.ParDo(self._in_bundle())
                 | "GroupPartition" >> beam.GroupByKey()
                 | "MergePartition" >> beam.ParDo(_MergePartition(self.fn, self.step)))
+
+
+class CombinePackedInPartitions(CombineInPartitions):
+    """The same over `pack`ed lists of values: one Beam element per list in, not per value."""
+
+    def _in_bundle(self) -> beam.DoFn:
+        return _CombineListsInBundle(self.fn, self.key, self.partition)
 
 
 class _CombineInBundle(beam.DoFn):
@@ -278,35 +285,43 @@ class KeeperPerKey(beam.PTransform):
     combine. Values cross the shuffles in packed lists, spread over `partitions` by their key.
 
     `keyed(element)` may make the (key, value) of each input element as it is batched, saving a step of its
-    own; with `as_lists` the output is lists of (key, value, keeper), one per partition (or hot value), so
-    the next step takes them a list at a time: a Beam element costs more than the work on one value."""
+    own."""
+
+    lists = False  # KeeperListsPerKey emits lists
 
     def __init__(self, step: str, rank: Callable, max_group: int = MAX_GROUP, partitions: int = 1,
-                 keyed: Optional[Callable] = None, as_lists: bool = False):
+                 keyed: Optional[Callable] = None):
         super().__init__()
         self.step, self.rank, self.max_group, self.partitions = step, rank, max_group, partitions
-        self.keyed, self.as_lists = keyed, as_lists
+        self.keyed = keyed
 
     def expand(self, kv):
         n, max_group = self.partitions, self.max_group
         batches = kv | "Batch" >> beam.ParDo(_PackedBatches(BATCH, self.keyed))
         hot = (batches
-               | "Sizes" >> CombineInPartitions(beam.combiners.CountCombineFn(), _first, lambda k: spread(k, n), None,
-                                                lists=True)
+               | "Sizes" >> CombinePackedInPartitions(beam.combiners.CountCombineFn(), _first,
+                                                      lambda k: spread(k, n), None)
                | "HotKeys" >> beam.Filter(lambda kn: kn[1] > max_group))
         split = batches | "SplitHot" >> beam.ParDo(_SplitHot(), beam.pvalue.AsDict(hot)).with_outputs(_HOT, main="cold")
         cold = (split.cold
                 | "ListsPerPartition" >> beam.ParDo(ListsPerKey(lambda kv: spread(kv[0], n)))
                 | "GroupPartition" >> beam.GroupByKey()
-                | "KeepersOfPartition" >> beam.ParDo(_KeepersOfPartition(self.step, self.rank, self.as_lists)))
+                | "KeepersOfPartition" >> beam.ParDo(_KeepersOfPartition(self.step, self.rank, self.lists)))
         keepers = (split[_HOT]
                    | "HotKeeper" >> beam.CombinePerKey(Smallest(self.rank, None)).with_hot_key_fanout(HOT_KEY_FANOUT)
                    | "KeeperOnly" >> beam.ParDo(_KeeperOnly()))
-        as_lists = self.as_lists
+        lists = self.lists
         warm = split[_HOT] | "WithHotKeeper" >> beam.Map(
-            lambda kv, k: [(kv[0], kv[1], k[kv[0]])] if as_lists else (kv[0], kv[1], k[kv[0]]),
+            lambda kv, k: [(kv[0], kv[1], k[kv[0]])] if lists else (kv[0], kv[1], k[kv[0]]),
             beam.pvalue.AsDict(keepers))
         return (cold, warm) | "AllKept" >> beam.Flatten()
+
+
+class KeeperListsPerKey(KeeperPerKey):
+    """The same, out as lists of (key, value, keeper), one per partition (or hot value), so that the next
+    step takes them a list at a time: a Beam element costs more than the work on one value."""
+
+    lists = True
 
 
 class _PackedBatches(Batches):
@@ -358,8 +373,8 @@ class _SplitHot(beam.DoFn):
 
 
 class _KeepersOfPartition(beam.DoFn):
-    def __init__(self, step: str, rank: Callable, as_lists: bool = False):
-        self.step, self.rank, self.as_lists = step, rank, as_lists
+    def __init__(self, step: str, rank: Callable, lists: bool):
+        self.step, self.rank, self.lists = step, rank, lists
 
     def process(self, item):
         _partition, lists = item
@@ -373,7 +388,7 @@ class _KeepersOfPartition(beam.DoFn):
             sizes.update(len(values))
             keeper = min(values, key=self.rank)
             out += [(key, v, keeper) for v in values]
-        if self.as_lists:
+        if self.lists:
             yield out
         else:
             yield from out

@@ -40,7 +40,7 @@ import apache_beam as beam
 import numba
 import numpy as np
 
-from pipelines.grouping import KeeperPerKey, pack, unpack, windowed
+from pipelines.grouping import KeeperListsPerKey, pack, unpack, windowed
 from pipelines.records import IMAGE, EvalImage, ImageInfo, Verdict
 from pipelines.sizing import (FLUSH_FOUND, LIMIT, MAX_GROUP, MAX_TABLES, MIX, TARGET_GROUP, phash_partitions,
                               sha256_partitions)
@@ -51,10 +51,6 @@ from wit.core.errors import ErrorKind
 
 def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
-
-
-def best_of(infos: Sequence[ImageInfo]) -> ImageInfo:
-    return min(infos, key=lambda i: i.rank)
 
 
 def near_duplicates(infos: Sequence[ImageInfo], threshold: int) -> dict[str, ImageInfo]:
@@ -316,8 +312,8 @@ class ImageDedup(beam.PTransform):
         tables = tables_for(self.threshold, self.images + len(self.refs)) if self.threshold >= 0 else None
         exact = (
             infos
-            | "KeeperPerSha256" >> KeeperPerKey("sha256", _rank, self.max_group, sha256_partitions(self.images),
-                                                keyed=_by_sha256, as_lists=True)
+            | "KeeperPerSha256" >> KeeperListsPerKey("sha256", _rank, self.max_group,
+                                                     sha256_partitions(self.images), keyed=_by_sha256)
             | "ExactDup" >> beam.ParDo(_ExactDup(tables, self.refs)).with_outputs(_FOUND, main="kept")
         )
         found = exact[_FOUND]

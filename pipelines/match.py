@@ -12,10 +12,10 @@ queries 0 "circle", 1 "red circle", 2 "red" gives (2, 1, 0).)
 The automaton's alphabet is the queries' vocabulary rather than characters,
 and its goto, failure and output links live in numpy arrays walked by
 numba-compiled kernels over a whole batch of captions at once. Per-caption and
-per-hit Python work holds a character automaton such as pyahocorasick to about 80,000
-captions/s/core against 500,000 queries (its bare scan: 160,000; bench/match.py
-keeps it as the baseline); a batch here never returns to Python until every
-caption in it is matched.
+per-hit Python work is what holds back a character automaton such as
+pyahocorasick (bench/match.py keeps it as the baseline; figures in
+bench/RESULTS.md); a batch here never returns to Python until every caption in
+it is matched.
 
 `MatchQueries` is the job's stage: candidates in, a `Pair` out for each one
 whose caption matches a query, counted as `matched` and `unmatched`.

@@ -301,9 +301,9 @@ def resize_image(data: bytes, opts: ResizeOptions) -> Resized:
         except Exception:
             pass  # unreadable EXIF is not a reason to lose the image
     tw, th = _target(ow, oh, opts)
-    # Decode no smaller than HASH_INPUT_MIN on the short side: the perceptual hash drifts several
-    # bits when computed from a heavily reduced decode (128 keeps re-encoded variants within
-    # the threshold as often as 256 did on the synthetic web, 97% vs 98%, and decodes faster).
+    # Decode no smaller than HASH_INPUT_MIN on the short side: the perceptual hash drifts several bits when
+    # computed from a heavily reduced decode, and 128 keeps re-encoded variants within the threshold about
+    # as often as 256 while decoding faster (bench/RESULTS.md, bench/fetch.py).
     dw, dh = _draft_size(ow, oh, tw, th)
     if img.format == "JPEG" and dw * 2 <= ow and dh * 2 <= oh:
         img.draft("RGB", (dw, dh) if (ow, oh) == img.size else (dh, dw))

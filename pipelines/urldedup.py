@@ -32,7 +32,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 # A URL already in canonical form: lowercase scheme and host, no port, user, query or fragment. Most are, and
-# taking them as they are saves the parse (3 us a URL).
+# taking them as they are saves the parse.
 _CANONICAL = re.compile(r"https?://[a-z0-9.-]*[a-z0-9-](/[^?#\s]*)?")
 
 

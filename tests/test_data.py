@@ -9,7 +9,7 @@ import torch
 from trainer.data import Loader, LoaderState, ShardStream, StreamConfig, list_shards, square_crop
 from trainer.tokenizer import train_tokenizer
 from wit.core.errors import InputError
-from wit.synthweb.dataset import write_shards
+from tests.synthshards import write_shards
 from wit.synthweb.vocab import TEMPLATES
 
 

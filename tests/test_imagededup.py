@@ -6,7 +6,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.sizing import LIMIT, TARGET_GROUP
-from pipelines.imagededup import (ImageDedup, best_found, best_of, find_near, found_rows,
+from pipelines.imagededup import (ImageDedup, best_found, find_near, found_rows,
                                   hamming, near_duplicates, shard_verdicts, tables_for)
 from pipelines.records import EvalImage, ImageInfo
 from wit.core.shardformat import Status
@@ -16,6 +16,10 @@ def _flip(h: int, bits: int, rng: random.Random) -> int:
     for bit in rng.sample(range(64), bits):
         h ^= 1 << bit
     return h
+
+
+def _best_of(infos):
+    return min(infos, key=lambda i: i.rank)
 
 
 @pytest.mark.parametrize("threshold", [0, 1, 3, 4, 6, 8])
@@ -54,7 +58,7 @@ def test_near_duplicates_match_brute_force():
     for info in infos:
         better = [o for o in infos if o.rank < info.rank and hamming(o.phash, info.phash) <= 4]
         if better:
-            assert got[info.uid] == best_of(better)
+            assert got[info.uid] == _best_of(better)
         else:
             assert info.uid not in got
 
@@ -116,7 +120,7 @@ def _reference_verdicts(infos, threshold=4):
         by_sha.setdefault(i.sha256, []).append(i)
     expected, kept = [], []
     for group in by_sha.values():
-        best = best_of(group)
+        best = _best_of(group)
         kept.append(best)
         expected += [(i.shard, i.uid, Status.DUPLICATE, "the same bytes as a kept image", best.key)
                      for i in group if i is not best]

@@ -16,7 +16,7 @@ from trainer.tokenizer import train_tokenizer
 from trainer.train import TrainConfig, train
 from wit.cli import main
 from wit.core.errors import InputError
-from wit.synthweb.dataset import write_shards
+from tests.synthshards import write_shards
 
 PINNED = json.loads((Path(__file__).parent / "openclip_state_dicts.json").read_text())
 

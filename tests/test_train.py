@@ -11,7 +11,7 @@ from trainer.model import CLIP, config
 from trainer.train import TrainConfig, lr_factor, param_groups, train
 from wit.cli import main
 from wit.core.errors import InputError
-from wit.synthweb.dataset import write_shards
+from tests.synthshards import write_shards
 from wit.synthweb.vocab import COLOURS, SHAPES, Concept
 
 

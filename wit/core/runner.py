@@ -39,10 +39,10 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     return options
 
 
-# CPython's cyclic collector walks every live container object each time enough have been allocated
-# (700 at the youngest generation by default). A Beam worker holds millions of small, acyclic tuples and
-# lists at a time, so those walks took a quarter of the plan's CPU (bench/scale.py: 90 CPU-s for 1M
-# candidates with the defaults, 60 with these); reference counting frees all of it anyway.
+# CPython's cyclic collector walks every live container object each time enough have been allocated. A
+# Beam worker holds millions of small, acyclic tuples and lists at a time, so with the default thresholds
+# those walks take a large share of the plan's CPU (bench/scale.py); reference counting frees all of it
+# anyway.
 GC_THRESHOLDS = (1_000_000, 1_000, 1_000)
 
 
@@ -55,13 +55,11 @@ def relax_gc() -> None:
 def exact_data_plane() -> None:
     """Turn off the local runner's timed flushing of what it sends to its workers.
 
-    Beam's FnApiRunner (2.77) sends a stage's input to each worker through an output stream that
-    a timer thread flushes every second (`DATA_BUFFER_TIME_LIMIT_MS`). That flush takes the buffer's bytes,
-    hands them to the send queue, which blocks while the queue is full, then empties the buffer, and the
-    writer is not locked out meanwhile: what the runner wrote during the hand-over is dropped. On the
-    multi-process runner that was a chunk of some stage's input (megabytes of whole elements) in every run
-    on a loaded 2-core machine, and the build refused the plan. Without the timer, the stream sends when it
-    is closed, as Beam's own SDK workers do by default; a batch job gains nothing from the timer.
+    Beam's FnApiRunner (2.77) sends a stage's input to each worker through an output stream that a timer
+    thread flushes every second (`DATA_BUFFER_TIME_LIMIT_MS`). The flush empties the buffer after handing
+    its bytes on, without locking the writer out, so what is written during the hand-over is lost: a
+    runner under load drops whole elements. Without the timer the stream sends when it is closed, as Beam's
+    own SDK workers do by default; a batch job gains nothing from the timer.
     """
     from apache_beam.runners.portability.fn_api_runner import worker_handlers
 

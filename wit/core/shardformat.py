@@ -92,7 +92,7 @@ class Sample:
         return record
 
 
-_METADATA = tuple(f.name for f in fields(Sample) if f.name not in ("jpg", "additional"))  # asdict(): 0.1 ms
+_METADATA = tuple(f.name for f in fields(Sample) if f.name not in ("jpg", "additional"))  # asdict() copies deeply
 _TYPES = {
     "width": pa.int32(), "height": pa.int32(), "original_width": pa.int32(), "original_height": pa.int32(),
     "http_status": pa.int32(), "source_row": pa.int64(), "matched_query_ids": pa.list_(pa.int32()),

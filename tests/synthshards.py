@@ -1,7 +1,7 @@
 """Real-format shards of synthetic drawings written directly, without the web or Beam.
 
-For trainer tests and benchmarks that need shards of a given size quickly; the
-bytes are what `wit build` writes (wit.core.shardformat.write_shard).
+For the trainer's tests and bench/train_step.py, which need shards of a given
+size quickly; the bytes are what `wit build` writes (wit.core.shardformat.write_shard).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def write_shards(out: str, n_shards: int = 2, per_shard: int = 16, seed: int = 0
             concept = concepts[n % len(concepts)]
             jpg = resize_image(draw.encode(draw.render(draw.make_drawing(seed, n, concept))), opts).jpeg
             samples.append(shardformat.Sample(key=shardformat.key_for(shard, i, per_shard), uid=f"u{n}",
-                                         url=f"http://example.test/{n}.jpg", caption=caption_for(concept, "plain", rng),
-                                         jpg=jpg))
+                                              url=f"http://example.test/{n}.jpg",
+                                              caption=caption_for(concept, "plain", rng), jpg=jpg))
         shardformat.write_shard(out, shard, samples)
     return [shardformat.paths(out, s)["tar"] for s in range(n_shards)]
