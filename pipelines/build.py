@@ -39,8 +39,7 @@ from pipelines.querylist import control_characters, read_queries
 from pipelines.order import AssignShards, ReadPlan
 from pipelines.resize import ResizeOptions
 from pipelines.progress import DownloadProgress
-from pipelines.runstats import (RunDetails, misbalanced_queries, read_plan_marker, unproven_queries,
-                                write_plan_marker, write_stats)
+from pipelines.runstats import Plan, PlanDetails, RunDetails, RunStats, finish_plan, write_stats
 from pipelines.shards import WriteShards, write_sizes
 from pipelines.sizing import MAX_GROUP, caption_partitions, plan_buckets, url_partitions
 from pipelines.textdedup import CaptionDedup
@@ -256,7 +255,7 @@ def _delete(folder: str, pattern: str) -> None:
         fileio.delete([m.path for m in found])
 
 
-def _make_plan(opts: BuildOptions, files: list[tuple[str, int]], beam_args: Sequence[str]) -> dict:
+def _make_plan(opts: BuildOptions, files: list[tuple[str, int]], beam_args: Sequence[str]) -> Plan:
     whole: frozenset[int] = frozenset()
     while True:
         _delete(fileio.join(opts.out, "plan"), "*")  # an unfinished plan's files, or the unproven one's
@@ -265,20 +264,21 @@ def _make_plan(opts: BuildOptions, files: list[tuple[str, int]], beam_args: Sequ
         if problems:  # pairs lost or doubled on the way (a failed worker whose bundle the runner dropped)
             raise BuildError(f"the plan's counts do not add up ({'; '.join(problems)}): the runner lost or "
                              "repeated pairs, so this plan is not kept; run the build again")
-        wrong = misbalanced_queries(opts.out)
+        details = PlanDetails.read(opts.out)
+        wrong = details.misbalanced_queries
         if wrong:  # the counts add up, but a selection is not its query's bottom-k: elements went missing
             raise BuildError(f"the plan's selection is not exact (queries {', '.join(map(str, wrong[:5]))} do not "
                              "select min(cap, matched) pairs): the runner lost elements, so this plan is not kept; "
                              "run the build again")
-        unproven = unproven_queries(opts.out)
+        unproven = details.unproven_queries
         if not unproven:
-            return write_plan_marker(opts.out, counts, keys)
+            return finish_plan(opts.out, details, counts, keys)
         # see Balance: astronomically rare; those queries then take all their pairs
         log.warning("balancing again with %d queries taking all their pairs: %s", len(unproven), unproven[:10])
         whole |= frozenset(unproven)
 
 
-def run_build(opts: BuildOptions, beam_args: Sequence[str] = ()) -> dict:
+def run_build(opts: BuildOptions, beam_args: Sequence[str] = ()) -> RunStats:
     """Plan (unless DIR holds a finished plan) and download; returns the run stats (also in DIR/stats.json).
     One build at a time writes into DIR: a second is refused at once (`fileio.folder_lock`)."""
     opts = absolute(opts)
@@ -297,23 +297,23 @@ def run_build(opts: BuildOptions, beam_args: Sequence[str] = ()) -> dict:
 
 
 def _plan_and_download(opts: BuildOptions, files: list[tuple[str, int, float]], refs: Sequence[EvalImage],
-                       beam_args: Sequence[str]) -> dict:
+                       beam_args: Sequence[str]) -> RunStats:
     _check_out(opts, files, refs)
     _clean_temporaries(opts.out)
-    plan = read_plan_marker(opts.out)
+    plan = Plan.read(opts.out)
     if plan is None:
         plan = _make_plan(opts, [(f[0], f[1]) for f in files], beam_args)
     else:
-        log.info("%s holds a finished plan of %d shard(s): downloading it", opts.out, plan["shards"])
+        log.info("%s holds a finished plan of %d shard(s): downloading it", opts.out, plan.shards)
     if opts.plan_only:
         return write_stats(opts.out, plan, {}, {}, {}, opts.per_query_cap, opts.seed)
     finished = _finished_shards(opts.out)
     if finished:
         log.info("%d finished shard(s) in %s are kept", len(finished), opts.out)
-    with DownloadProgress(opts.out, plan["shards"], finished) if opts.progress else contextlib.nullcontext():
-        counts, keys, eval_sets = _run_job(download_pipeline, beam_args, plan["shards"], opts, finished, refs)
+    with DownloadProgress(opts.out, plan.shards, finished) if opts.progress else contextlib.nullcontext():
+        counts, keys, eval_sets = _run_job(download_pipeline, beam_args, plan.shards, opts, finished, refs)
     stats = write_stats(opts.out, plan, counts, keys, eval_sets, opts.per_query_cap, opts.seed)
-    problems = counters.unbalanced(stats["stages"])
+    problems = counters.unbalanced(stats.stages)
     if problems:  # a stage that drops pairs without counting them: a bug, but the shards are fine
         log.warning("stage counts do not add up: %s", "; ".join(problems))
     return stats

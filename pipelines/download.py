@@ -364,11 +364,11 @@ class DownloadToStaging(beam.DoFn):
         p = shardformat.paths(self.out, shard)
         if shard in self.finished:
             samples = shardformat.from_table(shardformat.read_parquet(
-                p["parquet"], columns=["key", "uid", "url", "caption", "status", "sha256", "phash",
+                p.parquet, columns=["key", "uid", "url", "caption", "status", "sha256", "phash",
                                        "original_width", "original_height"]))
             yield from self._outputs(shard, samples)
             return
-        samples = self._staged(p["staging"], pending)
+        samples = self._staged(p.staging, pending)
         if samples is not None:
             yield from self._outputs(shard, samples)
             return
@@ -376,7 +376,7 @@ class DownloadToStaging(beam.DoFn):
         while self.open and engine.queued() >= engine.limit:  # enough queued: let the open shards advance
             self.open[0].job.done.wait(0.2)
             yield from self._harvest()
-        self.open.append(_Open(shard, p["staging"], engine.submit(pending, self.fetch_opts, self.resize_opts,
+        self.open.append(_Open(shard, p.staging, engine.submit(pending, self.fetch_opts, self.resize_opts,
                                                                   self.threads)))
         yield from self._harvest()
 

@@ -2,16 +2,18 @@
 
 The plan's last step writes DIR/query_counts.tsv and leaves the per-query
 distributions, the first rejected rows and the number of shards in
-DIR/plan/_details.json; the driver adds the stage counts and key sizes (Beam
-metrics, see `pipelines.counters`) once each job has finished: DIR/plan/_plan.json
-after the plan, DIR/stats.json after the download. Everything here is bounded
-by the number of queries, not of pairs.
+DIR/plan/_details.json (`PlanDetails`); the driver adds the stage counts and
+key sizes (Beam metrics, see `pipelines.counters`) once each job has finished:
+DIR/plan/_plan.json (`Plan`) after the plan, DIR/stats.json (`RunStats`) after
+the download. Each file has its dataclass here, which writes and reads it.
+Everything here is bounded by the number of queries, not of pairs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict, dataclass, field, fields
 from itertools import chain
 from typing import Mapping, Optional, Sequence
 
@@ -114,70 +116,124 @@ def _write_details(_, queries_path: str, out: str, cap: int, shard_size: int, ma
     for qid in sorted(set(matched) | set(selected)):
         lines.append(f"{qid}\t{queries[qid]}\t{matched.get(qid, 0)}\t{selected.get(qid, 0)}")
     fileio.write_bytes(fileio.join(out, QUERY_COUNTS), ("\n".join(lines) + "\n").encode())
-    details = {
-        "shards": -(-write_index(out, buckets) // shard_size),
-        "queries_in_list": sum(1 for q in queries if q),
-        "per_query_before_balancing": distribution(matched, queries, None),
-        "per_query_after_balancing": distribution(selected, queries, cap),
-        "rejected_examples": [str(r) for r in rejects if not r.damaged],
-        "damaged_inputs": [str(r) for r in damaged],
-        "unproven_queries": sorted(unproven),
-        "misbalanced_queries": misbalanced(matched, selected, cap, unproven)[:20],
-    }
-    fileio.write_bytes(_details_path(out), json.dumps(details).encode())
+    details = PlanDetails(
+        shards=-(-write_index(out, buckets) // shard_size),
+        queries_in_list=sum(1 for q in queries if q),
+        per_query_before_balancing=distribution(matched, queries, None),
+        per_query_after_balancing=distribution(selected, queries, cap),
+        rejected_examples=[str(r) for r in rejects if not r.damaged],
+        damaged_inputs=[str(r) for r in damaged],
+        unproven_queries=sorted(unproven),
+        misbalanced_queries=misbalanced(matched, selected, cap, unproven)[:20],
+    )
+    fileio.write_bytes(_details_path(out), json.dumps(asdict(details)).encode())
 
 
-def unproven_queries(out: str) -> list[int]:
-    """Queries whose bottom-k the plan just made could not prove (see `pipelines.balance.Balance`)."""
-    return json.loads(fileio.read_bytes(_details_path(out)))["unproven_queries"]
+@dataclass
+class PlanDetails:
+    """What the plan job's last step leaves the driver (DIR/plan/_details.json, gone once the plan is
+    finished)."""
+
+    shards: int
+    queries_in_list: int
+    per_query_before_balancing: dict  # `distribution` of the matched pairs per query
+    per_query_after_balancing: dict  # and of the selected ones
+    rejected_examples: list[str]
+    damaged_inputs: list[str]
+    unproven_queries: list[int]  # whose bottom-k the plan could not prove (see `pipelines.balance.Balance`)
+    misbalanced_queries: list[int]  # up to 20 whose selection is not min(cap, matched) pairs
+
+    @classmethod
+    def read(cls, out: str) -> "PlanDetails":
+        return cls(**json.loads(fileio.read_bytes(_details_path(out))))
 
 
-def misbalanced_queries(out: str) -> list[int]:
-    """Up to 20 queries whose selection in the plan just made is not min(cap, matched) pairs."""
-    return json.loads(fileio.read_bytes(_details_path(out)))["misbalanced_queries"]
+@dataclass
+class Plan:
+    """DIR/plan/_plan.json: the plan is complete. Its details, and what the plan's stages counted."""
+
+    shards: int
+    queries_in_list: int
+    per_query_before_balancing: dict
+    per_query_after_balancing: dict
+    rejected_examples: list[str]
+    damaged_inputs: list[str]
+    stages: dict[str, int]
+    largest_keys: dict[str, dict]
+
+    def write(self, out: str) -> None:
+        fileio.write_bytes(plan_marker(out), _json(self))
+
+    @classmethod
+    def read(cls, out: str) -> Optional["Plan"]:
+        """The finished plan, or None; a damaged one (written atomically, so damaged from outside) counts as
+        no plan: the plan is made again, which gives the same one."""
+        path = plan_marker(out)
+        if not fileio.exists(path):
+            return None
+        try:
+            found = json.loads(fileio.read_bytes(path))
+            if isinstance(found, dict) and set(found) == {f.name for f in fields(cls)}:
+                return cls(**found)
+        except ValueError:
+            pass
+        log.warning("%s is damaged: making the plan again", path)
+        return None
 
 
-def write_plan_marker(out: str, stages: Mapping[str, int], largest_keys: Mapping[str, dict]) -> dict:
-    """DIR/plan/_plan.json: the plan is complete; it holds what the plan's stages counted."""
-    plan = json.loads(fileio.read_bytes(_details_path(out)))
-    del plan["unproven_queries"], plan["misbalanced_queries"]
-    plan.update(stages=dict(stages), largest_keys=dict(largest_keys))
-    fileio.write_bytes(plan_marker(out), json.dumps(plan, indent=1, ensure_ascii=False).encode() + b"\n")
+def finish_plan(out: str, details: PlanDetails, stages: Mapping[str, int],
+                largest_keys: Mapping[str, dict]) -> Plan:
+    """DIR/plan/_plan.json written from the plan job's details and counts; the details file goes."""
+    kept = {f.name: getattr(details, f.name) for f in fields(Plan) if hasattr(details, f.name)}
+    plan = Plan(**kept, stages=dict(stages), largest_keys=dict(largest_keys))
+    plan.write(out)
     fileio.delete_if_exists(_details_path(out))
     return plan
 
 
-def read_plan_marker(out: str) -> Optional[dict]:
-    """The finished plan's marker, or None; a damaged one (written atomically, so damaged from outside) counts
-    as no plan: the plan is made again, which gives the same one."""
-    path = plan_marker(out)
-    if not fileio.exists(path):
-        return None
-    try:
-        plan = json.loads(fileio.read_bytes(path))
-        if isinstance(plan, dict) and {"shards", "stages", "largest_keys"} <= set(plan):
-            return plan
-    except ValueError:
-        pass
-    log.warning("%s is damaged: making the plan again", path)
-    return None
+@dataclass
+class RunStats:
+    """DIR/stats.json: the plan's counts and details with the download's added. Defaults stand for what an
+    older stats.json does not hold."""
+
+    stages: dict[str, int] = field(default_factory=dict)  # every registered count (pipelines.counters)
+    shards: int = 0
+    samples_in_tars: int = 0
+    per_query_cap: int = 0
+    seed: int = 0
+    largest_keys: dict[str, dict] = field(default_factory=dict)  # per grouping step: largest, mean, keys
+    excluded_per_eval_set: dict[str, int] = field(default_factory=dict)
+    queries_in_list: int = 0
+    per_query_before_balancing: dict = field(default_factory=dict)
+    per_query_after_balancing: dict = field(default_factory=dict)
+    rejected_examples: list[str] = field(default_factory=list)
+    damaged_inputs: list[str] = field(default_factory=list)
+
+    def write(self, out: str) -> None:
+        fileio.write_bytes(fileio.join(out, STATS), _json(self))
+
+    @classmethod
+    def read(cls, out: str) -> "RunStats":
+        found = json.loads(fileio.read_bytes(fileio.join(out, STATS)))
+        return cls(**{f.name: found[f.name] for f in fields(cls) if f.name in found})
 
 
-def write_stats(out: str, plan: Mapping, stages: Mapping[str, int], largest_keys: Mapping[str, dict],
-                eval_sets: Mapping[str, int], cap: int, seed: int) -> dict:
+def write_stats(out: str, plan: Plan, stages: Mapping[str, int], largest_keys: Mapping[str, dict],
+                eval_sets: Mapping[str, int], cap: int, seed: int) -> RunStats:
     """stats.json: the plan's counts and details with the download's counts (`stages`, `largest_keys`, the
     images dropped per evaluation set) added."""
-    counts = {name: plan["stages"].get(name, 0) + stages.get(name, 0) for name in NAMES}
-    keys = {**plan["largest_keys"], **largest_keys}
-    stats = {
-        "stages": counts,
-        "shards": plan["shards"],
-        "samples_in_tars": counts.get(Status.SUCCESS.value, 0),
-        "per_query_cap": cap,
-        "seed": seed,
-        "largest_keys": {g: keys[g] for g in GROUPING_NAMES if g in keys},
-        "excluded_per_eval_set": dict(eval_sets),
-        **{k: v for k, v in plan.items() if k not in ("stages", "largest_keys", "shards")},
-    }
-    fileio.write_bytes(fileio.join(out, STATS), json.dumps(stats, indent=1, ensure_ascii=False).encode() + b"\n")
+    counts = {name: plan.stages.get(name, 0) + stages.get(name, 0) for name in NAMES}
+    keys = {**plan.largest_keys, **largest_keys}
+    stats = RunStats(
+        stages=counts, shards=plan.shards, samples_in_tars=counts.get(Status.SUCCESS.value, 0), per_query_cap=cap,
+        seed=seed, largest_keys={g: keys[g] for g in GROUPING_NAMES if g in keys},
+        excluded_per_eval_set=dict(eval_sets), queries_in_list=plan.queries_in_list,
+        per_query_before_balancing=plan.per_query_before_balancing,
+        per_query_after_balancing=plan.per_query_after_balancing, rejected_examples=plan.rejected_examples,
+        damaged_inputs=plan.damaged_inputs)
+    stats.write(out)
     return stats
+
+
+def _json(record) -> bytes:
+    return json.dumps(asdict(record), indent=1, ensure_ascii=False).encode() + b"\n"

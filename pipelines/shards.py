@@ -72,9 +72,9 @@ class WriteShard(beam.DoFn):
         shard, joined = item
         p = shardformat.paths(self.out, shard)
         if shard in self.finished:
-            stats = json.loads(fileio.read_bytes(p["stats"]))
+            stats = json.loads(fileio.read_bytes(p.stats))
         else:
-            staged = shardformat.read_samples(p["staging"])
+            staged = shardformat.read_samples(p.staging)
             verdicts = _verdicts_of(joined, self.refs, len(staged[0].key) if staged else 0)
             samples = apply_verdicts(staged, verdicts)
             self.degenerate.inc(sum(v.degenerate for v in verdicts.values()))
@@ -82,7 +82,7 @@ class WriteShard(beam.DoFn):
                 if v.source:
                     eval_set_counter(v.source).inc()
             stats = shardformat.write_shard(self.out, shard, samples)
-            fileio.delete_if_exists(p["staging"])
+            fileio.delete_if_exists(p.staging)
         for status, c in self.statuses.items():
             c.inc(shardformat.status_count(stats, status))
         yield shard, shardformat.status_count(stats, Status.SUCCESS)

@@ -518,12 +518,51 @@ def unpack_wordnet(tarball: str, folder: str) -> None:
 
 # ---- the command --------------------------------------------------------------------------------------------
 
-def _write_manifest(out: str, manifest: dict) -> None:
-    tmp = os.path.join(out, f".{MANIFEST}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, os.path.join(out, MANIFEST))
+@dataclass
+class Manifest:
+    """DIR/manifest.json: what `download` fetched into DIR and what failed, rewritten after every file so an
+    interrupted download says how far it got; `wit queries build --from DIR` reads its inputs from it."""
+
+    site: str
+    wiki: str
+    dump_date: str
+    pageview_days: int
+    files: list[Record] = field(default_factory=list)
+    failed: list[Record] = field(default_factory=list)
+    wordnet: Optional[str] = None  # the unpacked WordNet dict folder, relative to DIR
+    complete: bool = False
+
+    def write(self, out: str) -> None:
+        tmp = os.path.join(out, f".{MANIFEST}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(asdict(self), f, indent=1)
+            f.write("\n")
+        os.replace(tmp, os.path.join(out, MANIFEST))
+
+    @classmethod
+    def read(cls, folder: str) -> "Manifest":
+        path = os.path.join(folder, MANIFEST)
+        try:
+            with open(path) as f:
+                found = json.load(f)
+            manifest = cls(**found)
+            manifest.files = [Record(**r) for r in manifest.files]
+            manifest.failed = [Record(**r) for r in manifest.failed]
+            return manifest
+        except FileNotFoundError:
+            raise QueryInputError(f"{path}: no manifest; fill the folder with `wit queries download --out "
+                                  f"{folder}` first") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise QueryInputError(f"{path}: not a download manifest ({e})") from None
+
+    def summary(self) -> str:
+        files = self.files
+        return (f"{self.wiki} dump of {self.dump_date}: "
+                f"{sum(f.source == 'wikipedia' for f in files)} part(s); "
+                f"{sum(f.source == 'pageviews' for f in files)} pageview file(s); "
+                f"WordNet {'yes' if self.wordnet else 'no'}; "
+                f"{sum(f.bytes for f in files) / 2 ** 30:.2f} GiB, "
+                f"{sum(f.verified for f in files)} of {len(files)} checked against a published checksum")
 
 
 def _bar(opts: DownloadOptions, what: str, total: Optional[int]):
@@ -533,7 +572,7 @@ def _bar(opts: DownloadOptions, what: str, total: Optional[int]):
                 disable=None if opts.progress else True)
 
 
-def download(opts: DownloadOptions, sleep: Callable[[float], None] = time.sleep) -> dict:
+def download(opts: DownloadOptions, sleep: Callable[[float], None] = time.sleep) -> Manifest:
     """Fetches everything, then raises a DownloadError naming what failed (the rest is kept and listed)."""
     out = os.path.abspath(opts.out)
     os.makedirs(out, exist_ok=True)
@@ -544,8 +583,7 @@ def download(opts: DownloadOptions, sleep: Callable[[float], None] = time.sleep)
     if opts.wordnet:
         name = opts.wordnet_url.rsplit("/", 1)[-1] or "wordnet.tar.gz"
         groups["wordnet"] = [Wanted("wordnet", opts.wordnet_url, f"wordnet/{name}")]
-    manifest = {"site": opts.site, "wiki": opts.wiki, "dump_date": date, "pageview_days": opts.pageview_days,
-                "files": [], "failed": [], "wordnet": None}
+    manifest = Manifest(opts.site, opts.wiki, date, opts.pageview_days)
     for source, wanted in groups.items():
         sizes = [w.size for w in wanted]
         with _bar(opts, source, sum(sizes) if wanted and None not in sizes else None) as bar:
@@ -554,24 +592,24 @@ def download(opts: DownloadOptions, sleep: Callable[[float], None] = time.sleep)
                     record = download_file(client, want, out, bar)
                 except DownloadError as e:
                     record = Record(want.source, want.url, want.path, problem=e.problem.value, error=str(e))
-                (manifest["failed"] if record.problem else manifest["files"]).append(asdict(record))
+                (manifest.failed if record.problem else manifest.files).append(record)
                 if None in sizes and bar.n:  # sizes unknown until fetched: extrapolate for the ETA
                     bar.total = int(bar.n / (i + 1) * len(wanted))
-                _write_manifest(out, manifest)
-        if source == "wordnet" and not any(f["source"] == "wordnet" for f in manifest["failed"]):
+                manifest.write(out)
+        if source == "wordnet" and not any(f.source == "wordnet" for f in manifest.failed):
             try:
                 unpack_wordnet(os.path.join(out, wanted[0].path), os.path.join(out, "wordnet", "dict"))
-                manifest["wordnet"] = "wordnet/dict"
+                manifest.wordnet = "wordnet/dict"
             except DownloadError as e:
-                manifest["failed"].append(asdict(Record("wordnet", wanted[0].url, wanted[0].path,
-                                                        problem=e.problem.value, error=str(e))))
-    manifest["complete"] = not manifest["failed"]
-    _write_manifest(out, manifest)
-    if manifest["failed"]:
-        first = manifest["failed"][0]
-        more = f" (and {len(manifest['failed']) - 1} more)" if len(manifest["failed"]) > 1 else ""
-        raise DownloadError(Problem(first["problem"]),
-                            f"{first['error']}{more}; {len(manifest['files'])} file(s) are in place and listed "
+                manifest.failed.append(Record("wordnet", wanted[0].url, wanted[0].path, problem=e.problem.value,
+                                              error=str(e)))
+    manifest.complete = not manifest.failed
+    manifest.write(out)
+    if manifest.failed:
+        first = manifest.failed[0]
+        more = f" (and {len(manifest.failed) - 1} more)" if len(manifest.failed) > 1 else ""
+        raise DownloadError(Problem(first.problem),
+                            f"{first.error}{more}; {len(manifest.files)} file(s) are in place and listed "
                             f"in {os.path.join(out, MANIFEST)}; run the command again to fetch the rest")
     return manifest
 
@@ -586,33 +624,14 @@ class Downloaded:
 def downloaded_inputs(folder: str) -> Downloaded:
     """The inputs `download` left in `folder`, as its manifest lists them; refused while it is incomplete."""
     path = os.path.join(folder, MANIFEST)
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-        files = manifest["files"]
-    except FileNotFoundError:
-        raise QueryInputError(f"{path}: no manifest; fill the folder with `wit queries download --out "
-                              f"{folder}` first") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise QueryInputError(f"{path}: not a download manifest ({e})") from None
-    if manifest.get("failed") or not manifest.get("complete"):
-        raise QueryInputError(f"{path}: the download is incomplete ({len(manifest.get('failed', []))} file(s) "
+    manifest = Manifest.read(folder)
+    if manifest.failed or not manifest.complete:
+        raise QueryInputError(f"{path}: the download is incomplete ({len(manifest.failed)} file(s) "
                               f"failed or were not fetched yet); run `wit queries download` again")
-    paths = {source: tuple(os.path.join(folder, f["path"]) for f in files if f["source"] == source)
+    paths = {source: tuple(os.path.join(folder, f.path) for f in manifest.files if f.source == source)
              for source in ("wikipedia", "pageviews")}
     for p in paths["wikipedia"] + paths["pageviews"]:
         if not os.path.exists(p):
             raise QueryInputError(f"{path}: lists {p}, which is not there")
-    wordnet = os.path.join(folder, manifest["wordnet"]) if manifest.get("wordnet") else None
+    wordnet = os.path.join(folder, manifest.wordnet) if manifest.wordnet else None
     return Downloaded(paths["wikipedia"], paths["pageviews"], wordnet)
-
-
-def summary(manifest: dict) -> str:
-    files = manifest["files"]
-    lines = [f"{manifest['wiki']} dump of {manifest['dump_date']}: "
-             f"{sum(f['source'] == 'wikipedia' for f in files)} part(s); "
-             f"{sum(f['source'] == 'pageviews' for f in files)} pageview file(s); "
-             f"WordNet {'yes' if manifest.get('wordnet') else 'no'}; "
-             f"{sum(f['bytes'] for f in files) / 2 ** 30:.2f} GiB, "
-             f"{sum(f['verified'] for f in files)} of {len(files)} checked against a published checksum"]
-    return "\n".join(lines)

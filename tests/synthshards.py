@@ -30,4 +30,4 @@ def write_shards(out: str, n_shards: int = 2, per_shard: int = 16, seed: int = 0
                                               url=f"http://example.test/{n}.jpg",
                                               caption=caption_for(concept, "plain", rng), jpg=jpg))
         shardformat.write_shard(out, shard, samples)
-    return [shardformat.paths(out, s)["tar"] for s in range(n_shards)]
+    return [shardformat.paths(out, s).tar for s in range(n_shards)]

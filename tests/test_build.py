@@ -76,14 +76,14 @@ def test_balancing_caps_each_query_and_keeps_small_queries_whole(built):
         if matched[q] < CAP:
             assert n == matched[q]
     stats = built["stats"]
-    assert stats["per_query_after_balancing"]["max"] == CAP
-    assert stats["per_query_before_balancing"]["max"] > CAP
-    assert stats["stages"]["selected"] == len(samples) == len(expected)
+    assert stats.per_query_after_balancing["max"] == CAP
+    assert stats.per_query_before_balancing["max"] > CAP
+    assert stats.stages["selected"] == len(samples) == len(expected)
     assert all_matches == selected
 
 
 def test_every_stage_counts_its_own_drops_and_the_counts_add_up(built):
-    stages = built["stats"]["stages"]
+    stages = built["stats"].stages
     assert list(stages) == [c.name for c in REGISTRY]
     assert unbalanced(stages) == []
     rows = built["rows"]
@@ -111,7 +111,7 @@ def test_every_fault_ends_as_a_recorded_status(built):
     assert set(by_fault["noai"]) == {"opted_out"}
     assert set(by_fault["html"]) <= {"failed_to_download", "failed_to_resize"}
     assert "no_match" not in by_fault  # dropped before fetching, counted
-    assert built["stats"]["stages"]["unmatched"] == sum(1 for r in built["rows"] if r.fault == "no_match")
+    assert built["stats"].stages["unmatched"] == sum(1 for r in built["rows"] if r.fault == "no_match")
     for s in samples:
         if s["status"] != "success":
             assert s["error_message"], s
@@ -162,7 +162,7 @@ def test_sizes_json_counts_each_tar_as_open_clip_reads_it(built):
     for name in tars:
         with tarfile.open(out / name) as tar:
             assert sizes[name] == sum(n.endswith(".jpg") for n in tar.getnames()), name
-    assert sum(sizes.values()) == built["stats"]["stages"]["success"]
+    assert sum(sizes.values()) == built["stats"].stages["success"]
 
 
 def test_same_seed_same_bytes_other_seed_other_selection(built):
@@ -188,14 +188,14 @@ def test_rerun_after_deleting_a_shard_rewrites_only_that_shard(built):
         os.remove(shard_dir / f"00001{ext}")
     stats = run_build(_opts(built["inputs"], out), BEAM)
     shard_rows = pq.read_table(root / "a" / "shards" / "00001.parquet").num_rows
-    assert stats["stages"]["downloaded_this_run"] == shard_rows
+    assert stats.stages["downloaded_this_run"] == shard_rows
     for name, st in before.items():
         now = os.stat(shard_dir / name)
         assert (shard_dir / name).read_bytes() == (root / "a" / "shards" / name).read_bytes(), name
         if not name.startswith("00001") and name != "sizes.json":  # sizes.json: rewritten, the same bytes
             assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns), name
     assert not glob.glob(f"{out}/_staging/*") and not glob.glob(f"{shard_dir}/.*")
-    assert stats["stages"]["success"] == built["stats"]["stages"]["success"]
+    assert stats.stages["success"] == built["stats"].stages["success"]
 
 
 def test_rerun_with_other_settings_is_refused(built):
@@ -220,9 +220,9 @@ def test_caption_near_duplicates_are_dropped_before_balancing(built):
     assert len(captions) == len(set(captions))  # identical captions are Jaccard 1: one of each is left
     parts = sorted((built["root"] / "captions").glob("caption_near_duplicates-*.tsv"))
     report = [line for part in parts for line in part.read_text().splitlines()[1:]]  # each part has the header
-    dropped = stats["stages"]["caption_near_duplicates"]
+    dropped = stats.stages["caption_near_duplicates"]
     assert dropped > 0 and len(report) == dropped
-    assert stats["stages"]["unique_pairs"] - dropped >= stats["stages"]["selected"]
+    assert stats.stages["unique_pairs"] - dropped >= stats.stages["selected"]
 
 
 def test_report_command_writes_a_self_contained_page(built, tmp_path):
@@ -246,25 +246,25 @@ def test_plan_only_writes_the_plan_and_a_later_build_downloads_it(built):
     out = root / "planned"
     stats = run_build(replace(_opts(built["inputs"], out), plan_only=True), BEAM)
     plans = sorted((out / "plan").glob("*.parquet"))
-    assert plans and stats["shards"] == built["stats"]["shards"] and not (out / "shards").exists()
+    assert plans and stats.shards == built["stats"].shards and not (out / "shards").exists()
     rows = [r for f in plans for r in pq.read_table(f).to_pylist()]
     assert set(rows[0]) == {"key", "uid", "url", "caption", "matched_query_ids", "selected_query_ids",
                             "source_file", "source_row"}
-    assert len(rows) == stats["stages"]["selected"] == built["stats"]["stages"]["selected"]
+    assert len(rows) == stats.stages["selected"] == built["stats"].stages["selected"]
     assert [r["key"] for r in rows] == sorted(r["key"] for r in rows)  # the files in key order, as is each
-    assert stats["stages"]["success"] == 0 and stats["largest_keys"]["query_topk"]["largest"] > 0
+    assert stats.stages["success"] == 0 and stats.largest_keys["query_topk"]["largest"] > 0
     assert (out / "query_counts.tsv").read_bytes() == (root / "a" / "query_counts.tsv").read_bytes()
     stats = run_build(_opts(built["inputs"], out), BEAM)  # downloads the plan; the plan is not made again
-    assert stats["stages"] == built["stats"]["stages"]
+    assert stats.stages == built["stats"].stages
     for name in os.listdir(root / "a" / "shards"):
         assert (out / "shards" / name).read_bytes() == (root / "a" / "shards" / name).read_bytes(), name
 
 
 def test_every_grouping_step_reports_its_largest_key(built):
-    keys = built["stats"]["largest_keys"]
+    keys = built["stats"].largest_keys
     assert {"url", "url_partition", "query_topk", "order_bucket", "shard", "sha256", "phash_partition",
             "phash_group", "shard_verdicts"} <= set(keys)
-    assert keys["shard"]["largest"] == SHARD and keys["url"]["keys"] == built["stats"]["stages"]["unique_pairs"]
+    assert keys["shard"]["largest"] == SHARD and keys["url"]["keys"] == built["stats"].stages["unique_pairs"]
 
 
 def test_whatever_decides_the_content_is_in_the_fingerprint(built, tmp_path):
@@ -283,8 +283,8 @@ def test_whatever_decides_the_content_is_in_the_fingerprint(built, tmp_path):
 def test_an_output_folder_named_like_a_glob_is_a_path(built, tmp_path):
     out = tmp_path / "run[1]*?"
     stats = run_build(replace(_opts(built["inputs"], out), plan_only=True), BEAM)
-    assert list((out / "plan").glob("*.parquet")) and stats["shards"] == built["stats"]["shards"]
-    assert run_build(replace(_opts(built["inputs"], out), plan_only=True), BEAM)["shards"] == stats["shards"]
+    assert list((out / "plan").glob("*.parquet")) and stats.shards == built["stats"].shards
+    assert run_build(replace(_opts(built["inputs"], out), plan_only=True), BEAM).shards == stats.shards
 
 
 def test_relative_paths_reach_the_workers_as_absolute_ones(built, tmp_path, monkeypatch):
@@ -296,7 +296,7 @@ def test_relative_paths_reach_the_workers_as_absolute_ones(built, tmp_path, monk
                    out="out", plan_only=True)
     assert absolute(opts).out == str(tmp_path / "out") and absolute(opts).candidates == (f"{tmp_path}/in/*.parquet",)
     stats = run_build(opts, ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
-    assert stats["stages"]["selected"] == built["stats"]["stages"]["selected"]
+    assert stats.stages["selected"] == built["stats"].stages["selected"]
     assert (tmp_path / "out" / "plan" / "_index.json").exists()
 
 
@@ -326,7 +326,7 @@ def test_a_plan_whose_counts_do_not_add_up_is_refused_and_made_again(built, tmp_
     assert not (out / "plan" / "_plan.json").exists()
     monkeypatch.setattr(build_module.stages, "from_metrics", real)
     stats = run_build(replace(_opts(built["inputs"], out), plan_only=True), BEAM)
-    assert stats["stages"]["selected"] == built["stats"]["stages"]["selected"]
+    assert stats.stages["selected"] == built["stats"].stages["selected"]
 
 
 def test_a_damaged_input_file_is_named_and_the_job_goes_on(built, tmp_path):
@@ -342,9 +342,9 @@ def test_a_damaged_input_file_is_named_and_the_job_goes_on(built, tmp_path):
     opts = replace(_opts(built["inputs"], tmp_path / "out"), plan_only=True,
                    candidates=(str(built["inputs"] / "*.parquet"), str(damaged)))
     stats = run_build(opts, BEAM)
-    read = stats["stages"]["candidates"] - built["stats"]["stages"]["candidates"]
-    assert 0 < read < 3000 and stats["stages"]["damaged_files"] == 1 and stats["stages"]["rejected_rows"] == 0
-    assert stats["damaged_inputs"] == [f"{damaged}: damaged at row {read}: the compressed stream ends early "
+    read = stats.stages["candidates"] - built["stats"].stages["candidates"]
+    assert 0 < read < 3000 and stats.stages["damaged_files"] == 1 and stats.stages["rejected_rows"] == 0
+    assert stats.damaged_inputs == [f"{damaged}: damaged at row {read}: the compressed stream ends early "
                                        f"(truncated file); the rows before it were read"]
     assert "damaged input files: 1, each read up to the damage" in summary(stats, str(tmp_path / "out"))
     with pytest.raises(CandidateFileError, match=f"cut.jsonl.gz: damaged at row {read}"):
@@ -368,7 +368,7 @@ def test_one_build_at_a_time_writes_into_a_folder_and_a_killed_one_leaves_no_loc
     finally:
         holder.kill()  # SIGKILL: no cleanup runs; the system drops the lock
         holder.wait()
-    assert run_build(replace(_opts(built["inputs"], out), plan_only=True), BEAM)["shards"] > 0
+    assert run_build(replace(_opts(built["inputs"], out), plan_only=True), BEAM).shards > 0
 
 
 def test_a_damaged_build_marker_is_named(built, tmp_path):
@@ -406,8 +406,8 @@ def test_hostile_rows_cost_their_row_and_the_job_runs_on(built, tmp_path):
     opts = replace(_opts(built["inputs"], tmp_path / "out"), plan_only=True,
                    candidates=(str(built["inputs"] / "*.parquet"), str(hostile), str(big)))
     stats = run_build(opts, BEAM)
-    assert stats["stages"]["rejected_rows"] == 6
-    assert stats["stages"]["selected"] == built["stats"]["stages"]["selected"]
+    assert stats.stages["rejected_rows"] == 6
+    assert stats.stages["selected"] == built["stats"].stages["selected"]
 
 
 def test_a_selection_that_is_not_the_bottom_k_is_refused_though_counts_add_up(built, tmp_path, monkeypatch):
@@ -455,7 +455,7 @@ def test_additional_columns_reach_the_parquet_and_the_json(built, tmp_path):
 
     out = tmp_path / "extra"
     stats = run_build(replace(_opts(built["inputs"], out), save_additional_columns=("fault", "image_id")), BEAM)
-    assert stats["stages"]["success"] == built["stats"]["stages"]["success"]
+    assert stats.stages["success"] == built["stats"].stages["success"]
     inputs = {p: pq.read_table(p).to_pylist() for p in glob.glob(str(built["inputs"] / "*.parquet"))}
     table = pq.read_table(sorted(glob.glob(f"{out}/shards/*.parquet"))[0])
     assert str(table.schema.field("fault").type) == "string" and str(table.schema.field("image_id").type) == "int64"

@@ -33,6 +33,6 @@ def test_the_job_counts_the_drops_between_read_and_match(tmp_path):
                                    out=str(tmp_path / "out"), min_caption_words=2,
                                    fetch=FetchOptions(timeout=0.3, retries=0, allow_private_networks=True)),
                       ["--runner=DirectRunner"])
-    s = stats["stages"]
+    s = stats.stages
     assert (s["candidates"], s["short_captions"], s["unmatched"], s["matched"]) == (4, 2, 0, 2)
     assert counters.unbalanced(s) == []

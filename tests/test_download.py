@@ -188,7 +188,7 @@ def test_the_next_shard_is_fetched_while_the_last_ones_straggler_is(slow_server,
     assert time.monotonic() - started < 4.5  # not 3 s, then shard 1
     assert server.arrivals["/img/10.jpg"] - started < 1.0
     for n in (0, 1):
-        staged = shardformat.read_samples(shardformat.paths(str(tmp_path), n)["staging"])
+        staged = shardformat.read_samples(shardformat.paths(str(tmp_path), n).staging)
         assert [s.key for s in staged] == [s.key for s in shards[n]]
         assert all(s.status.value == "success" for s in staged)
     shard_numbers = [getattr(o.value, "value", o.value) for o in out if getattr(o, "tag", None) == download.SHARDS]

@@ -91,8 +91,8 @@ def test_stats_and_the_summary_count_each_evaluation_set(decontaminated):
         if r["status"] == "eval_duplicate":
             name = r["duplicate_of"].split("/")[0]
             by_set[name] = by_set.get(name, 0) + 1
-    assert stats["excluded_per_eval_set"] == by_set and set(by_set) == {"drawn", "wds_drawn"}
-    assert stats["stages"]["eval_duplicate"] == sum(by_set.values())
+    assert stats.excluded_per_eval_set == by_set and set(by_set) == {"drawn", "wds_drawn"}
+    assert stats.stages["eval_duplicate"] == sum(by_set.values())
     assert json.loads((decontaminated["out"] / "stats.json").read_text())["excluded_per_eval_set"] == by_set
     text = summary(stats, str(decontaminated["out"]))
     assert "near an evaluation image (--exclude-near)" in text and "wds_drawn" in text

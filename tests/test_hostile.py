@@ -259,7 +259,7 @@ def test_every_hostile_case_ends_as_a_status_and_the_good_samples_survive(server
     elapsed = time.monotonic() - started
     assert elapsed < 20, f"a worker hung: {elapsed:.1f}s"  # every request has a 1 s deadline (+1 retry)
     shards.write_shard(str(tmp_path), 0, results)
-    rows = {s.url: s for s in shards.read_samples(shards.paths(str(tmp_path), 0)["parquet"])}
+    rows = {s.url: s for s in shards.read_samples(shards.paths(str(tmp_path), 0).parquet)}
     for path, status, kind, message in CASES:
         row = rows[base + path]
         assert row.status == status and row.error_kind is kind, (path, row)

@@ -54,7 +54,7 @@ def hot(web_server, tmp_path_factory):
 
 
 def test_no_grouping_step_gathers_more_than_max_group_of_one_key(hot):
-    keys = hot["stats"]["largest_keys"]
+    keys = hot["stats"].largest_keys
     for step in ("caption_band", "sha256"):
         assert keys[step]["largest"] <= MAX_GROUP, (step, keys[step])
     assert keys["phash_group"]["largest"] <= sizing.LIMIT
@@ -68,7 +68,7 @@ def test_no_grouping_step_gathers_more_than_max_group_of_one_key(hot):
     # combines see the repeats and hold one value and a count each
     assert keys["url"]["largest"] >= 2 * REPEATS + 1  # the URL with many captions, many times over
     # the image at many URLs and the spam caption's MinHash bands went around the grouping
-    assert hot["stats"]["stages"]["hot_keys"] >= 2
+    assert hot["stats"].stages["hot_keys"] >= 2
 
 
 def test_the_output_is_the_reference_selection_and_dedup(hot):

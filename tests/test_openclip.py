@@ -117,7 +117,7 @@ def test_train_init_from_starts_from_the_folder(run, tmp_path):
                 shuffle_buffer=4, progress=False, device="cpu")
     # lr 0: the one step leaves the weights as the folder gave them.
     summary = train(TrainConfig(out=str(tmp_path / "t"), init_from=str(folder), lr=0.0, **base))
-    assert summary["steps"] == 1
+    assert summary.steps == 1
     trained, tok = load_model(str(tmp_path / "t"))
     original, original_tok = load_model(str(run))
     assert tok.to_str() == original_tok.to_str()  # the folder's tokenizer, not one trained on the shards

@@ -13,7 +13,7 @@ def _stage(out, shard, ok, failed):
     samples = [Sample(key=f"{shard:05d}{i:04d}", uid=f"{i:016x}", url=f"http://a/{i}", caption="c",
                       status=Status.SUCCESS if i < ok else Status.FAILED_TO_DOWNLOAD)
                for i in range(ok + failed)]
-    shardformat.write_parquet(shardformat.paths(str(out), shard)["staging"], samples, shardformat.STAGING_SCHEMA)
+    shardformat.write_parquet(shardformat.paths(str(out), shard).staging, samples, shardformat.STAGING_SCHEMA)
 
 
 class _Tty(io.StringIO):

@@ -116,8 +116,8 @@ def test_wit_build_takes_the_produced_files(inputs, tmp_path):
                                        out=str(tmp_path / f"out-{name}"),
                                        fetch=FetchOptions(timeout=0.3, retries=0, allow_private_networks=True)),
                           ["--runner=DirectRunner"])
-        assert stats["stages"]["selected"] == 1 and stats["stages"]["failed_to_download"] == 1
-        head = dict(stats["per_query_before_balancing"]["head"])
+        assert stats.stages["selected"] == 1 and stats.stages["failed_to_download"] == 1
+        head = dict(stats.per_query_before_balancing["head"])
         assert head["new york"] == 1 and head["ice cream"] == 1
 
 

@@ -2,6 +2,7 @@
 
 import json
 import time
+from dataclasses import asdict
 
 import pytest
 
@@ -41,15 +42,15 @@ def _opts(site, out, **kw):
 def test_download_then_build_from_the_folder(site, tmp_path):
     out = tmp_path / "dl"
     manifest = download(_opts(site, out))
-    assert manifest["dump_date"] == "20261101" and manifest["complete"]
-    parts = sorted(f["path"] for f in manifest["files"] if f["source"] == "wikipedia")
+    assert manifest.dump_date == "20261101" and manifest.complete
+    parts = sorted(f.path for f in manifest.files if f.source == "wikipedia")
     assert parts == ["wikipedia/enwiki-20261101-pages-articles-multistream1.xml-p1p100.bz2",
                      "wikipedia/enwiki-20261101-pages-articles-multistream2.xml-p101p200.bz2"]  # no index files
-    assert all(f["verified"] for f in manifest["files"] if f["source"] != "wordnet")
-    assert sum(f["source"] == "pageviews" for f in manifest["files"]) == 4
+    assert all(f.verified for f in manifest.files if f.source != "wordnet")
+    assert sum(f.source == "pageviews" for f in manifest.files) == 4
     assert sorted(p.name for p in (out / "wordnet" / "dict").iterdir()) == [
         "data.adj", "data.adv", "data.noun", "data.verb"]
-    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert json.loads((out / "manifest.json").read_text()) == asdict(manifest)
     code = main(["queries", "build", "--from", str(out), "--out", str(tmp_path / "q"), "--target", "1000",
                  "--min-word-count", "60", "--min-bigram-count", "60", "--min-pmi", "1.0", "--min-views", "1000"])
     assert code == 0
@@ -65,7 +66,7 @@ def test_a_cut_transfer_resumes_with_a_range_request(site, tmp_path):
     path = "/enwiki/20261101/enwiki-20261101-pages-articles-multistream1.xml-p1p100.bz2"
     site.cut.add(path)
     manifest = download(_opts(site, tmp_path / "dl"))
-    assert manifest["complete"]
+    assert manifest.complete
     ranges = site.requests_for(path)
     half = (len(site.files[path])) // 2
     assert ranges == [None, f"bytes={half}-"]
@@ -82,7 +83,7 @@ def test_a_part_left_by_a_killed_run_is_resumed_and_done_files_are_not_fetched_a
     dest.unlink()
     (out / "wikipedia" / (dest.name + ".part")).write_bytes(data[:300])
     site.log.clear()
-    assert download(_opts(site, out))["complete"]
+    assert download(_opts(site, out)).complete
     assert dest.read_bytes() == data and not (out / "wikipedia" / (dest.name + ".part")).exists()
     fetched = [p for p, _ in site.log if p.endswith(".bz2") or p.endswith(".gz")]
     assert fetched == [path] and site.requests_for(path) == ["bytes=300-"]
@@ -106,7 +107,7 @@ def test_a_corrupt_part_is_named_removed_and_refetched_on_the_next_run(site, tmp
         downloaded_inputs(str(out))
     site.corrupt.clear()
     site.log.clear()
-    assert download(_opts(site, out))["complete"]
+    assert download(_opts(site, out)).complete
     assert [p for p, _ in site.log if p.endswith((".bz2", ".gz"))] == [path]
 
 
@@ -116,9 +117,9 @@ def test_pageviews_without_published_md5_are_kept_unverified(tmp_path):
         publish_dump(s, "enwiki", "20261101", [_part(tmp_path, "a.bz2", 0)])
         publish_pageviews(s, ["20261031"], VIEWS, with_md5=False)
         manifest = download(_opts(s, tmp_path / "dl", pageview_days=1, wordnet=False))
-        views = [f for f in manifest["files"] if f["source"] == "pageviews"]
-        assert len(views) == 2 and not any(f["verified"] for f in views) and "sha256" in views[0]["checksum"]
-        assert manifest["wordnet"] is None
+        views = [f for f in manifest.files if f.source == "pageviews"]
+        assert len(views) == 2 and not any(f.verified for f in views) and "sha256" in views[0].checksum
+        assert manifest.wordnet is None
     finally:
         s.close()
 
@@ -152,7 +153,7 @@ def test_robots_txt_is_read_through_redirects_and_only_its_first_500_kib(site, t
     assert e.value.problem is Problem.ROBOTS
     robots.cache.clear()
     site.files["/moved/robots.txt"] = b"# padding\n" * 60_000 + b"User-agent: wit\nDisallow: /\n"  # past 500 KiB
-    assert download(_opts(site, tmp_path / "b"))["complete"]
+    assert download(_opts(site, tmp_path / "b")).complete
 
 
 def test_a_retry_after_is_waited_for_up_to_its_limit(site, tmp_path):
@@ -265,7 +266,7 @@ def test_only_hourly_pageview_files_are_taken(site, tmp_path):
         f'<a href="pageviews-20261030-00{m:02d}{s:02d}.gz">x</a>\n' for m in range(60) for s in range(1, 60))
     site.files[month] = listing.encode()
     manifest = download(_opts(site, tmp_path / "dl"))
-    assert sum(f["source"] == "pageviews" for f in manifest["files"]) == 4
+    assert sum(f.source == "pageviews" for f in manifest.files) == 4
 
 
 def test_a_transfer_cut_again_and_again_from_byte_zero_runs_out_of_retries(site, tmp_path):

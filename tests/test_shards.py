@@ -32,7 +32,7 @@ def test_write_shards_writes_staged_shards_and_counts_finished_ones_too(tmp_path
     out = str(tmp_path)
     shardformat.write_shard(out, 1, [Sample(key="000010", uid="f", url="http://x/f", caption="c",
                                             status=Status.FAILED_TO_DOWNLOAD, error_kind=ErrorKind.HTTP)])
-    shardformat.write_parquet(shardformat.paths(out, 0)["staging"], _staged(3), shardformat.STAGING_SCHEMA)
+    shardformat.write_parquet(shardformat.paths(out, 0).staging, _staged(3), shardformat.STAGING_SCHEMA)
     # what the image dedup stage found for shard 0, in two bundles: the image of uid 2 near a kept image in
     # two tables (the better one, key 000001, is named), the image of uid 1 near an evaluation image
     refs = (EvalImage("cifar", "7", 0),)
@@ -51,7 +51,7 @@ def test_write_shards_writes_staged_shards_and_counts_finished_ones_too(tmp_path
     stats = json.loads((tmp_path / "shards" / "00000_stats.json").read_text())
     assert stats["successes"] == 1 and stats["near_duplicate"] == 1 and stats["eval_duplicate"] == 1
     assert not (tmp_path / "_staging" / "00000.parquet").exists()
-    rows = shardformat.read_samples(shardformat.paths(out, 0)["parquet"])
+    rows = shardformat.read_samples(shardformat.paths(out, 0).parquet)
     assert rows[2].status is Status.NEAR_DUPLICATE and rows[2].error_message == "pHash 2 bits from a kept image"
     assert rows[2].duplicate_of == "000001"
     assert rows[1].status is Status.EVAL_DUPLICATE and rows[1].duplicate_of == "cifar/7"

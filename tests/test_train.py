@@ -33,10 +33,10 @@ def _cfg(shard_dir: Path, out: Path, **kw) -> TrainConfig:
 def test_resume_takes_the_same_next_step_as_an_uninterrupted_run(shard_dir, tmp_path):
     straight = train(_cfg(shard_dir, tmp_path / "a"))
     first = train(_cfg(shard_dir, tmp_path / "b", stop_after=3))
-    assert first["steps"] == 3
+    assert first.steps == 3
     resumed = train(_cfg(shard_dir, tmp_path / "b"))
-    assert resumed["steps"] == 6
-    assert resumed["losses"] == straight["losses"][3:]  # steps 4, 5, 6: same batches, same weights, same lr
+    assert resumed.steps == 6
+    assert resumed.losses == straight.losses[3:]  # steps 4, 5, 6: same batches, same weights, same lr
     a, _ = load_model(str(tmp_path / "a"))
     b, _ = load_model(str(tmp_path / "b"))
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
@@ -54,7 +54,7 @@ def test_a_tiny_model_overfits_a_small_shard_set(tmp_path):
     shards = str(tmp_path / "data" / "shards")
     summary = train(_cfg(Path(shards), tmp_path / "run", batch_size=16, steps=100, lr=3e-3, warmup=10, workers=1,
                          shuffle_buffer=16, log_every=1, min_crop_scale=1.0))
-    losses = [loss for _, loss in summary["losses"]]
+    losses = [loss for _, loss in summary.losses]
     assert losses[0] > 2.0 and losses[-1] < 0.2, losses
     model, tok = load_model(str(tmp_path / "run"))
     metrics = retrieval(model, tok, [shards + "/00000.tar"], torch.device("cpu"))

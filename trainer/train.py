@@ -202,6 +202,24 @@ def train_step(forward: nn.Module, model: CLIP, optimizer: torch.optim.Optimizer
     return loss
 
 
+
+@dataclass
+class TrainSummary:
+    """OUT/train_summary.json: how a training run ended."""
+
+    steps: int
+    final_loss: Optional[float]
+    losses: list  # (step, loss) at every logged step
+    corrupt_samples: int
+    checkpoint: Optional[str]
+    eval: Optional[dict] = None  # `trainer.evaluate.evaluate`'s results, when validation was asked for
+
+    def write(self, out: str) -> None:
+        d = asdict(self)
+        if self.eval is None:
+            del d["eval"]
+        fileio.write_bytes(fileio.join(out, "train_summary.json"), json.dumps(d, indent=1).encode())
+
 def train(cfg: TrainConfig) -> dict:
     """Trains to `cfg.steps` (resuming from OUT/checkpoints if there is one) and returns a summary."""
     d = setup_distributed(cfg.device)
@@ -278,19 +296,19 @@ def train(cfg: TrainConfig) -> dict:
                 _save(cfg, d, model, model_cfg, optimizer, scheduler, step, loader, shards)
     finally:
         bar.close()
-    summary = {"steps": step, "final_loss": losses[-1][1] if losses else None, "losses": losses,
-               "corrupt_samples": loader.state.corrupt, "checkpoint": latest_checkpoint(cfg.out)}
+    summary = TrainSummary(steps=step, final_loss=losses[-1][1] if losses else None, losses=losses,
+                           corrupt_samples=loader.state.corrupt, checkpoint=latest_checkpoint(cfg.out))
     if d.main and (cfg.val_shards or cfg.zeroshot):
         from trainer.evaluate import evaluate
 
-        summary["eval"] = evaluate(model, tok, cfg.val_shards, cfg.zeroshot, d.device, cfg.batch_size)
+        summary.eval = evaluate(model, tok, cfg.val_shards, cfg.zeroshot, d.device, cfg.batch_size)
         if writer:
-            for name, v in _flatten(summary["eval"]).items():
+            for name, v in _flatten(summary.eval).items():
                 writer.add_scalar(f"eval/{name}", v, step)
     if writer:
         writer.close()
     if d.main:
-        fileio.write_bytes(fileio.join(cfg.out, "train_summary.json"), json.dumps(summary, indent=1).encode())
+        summary.write(cfg.out)
     d.barrier()
     return summary
 

@@ -42,10 +42,10 @@ def queries_build(opts, beam_args: Sequence[str]) -> int:
 
 
 def queries_download(opts, beam_args: Sequence[str]) -> int:
-    from queries.download import MANIFEST, download, summary
+    from queries.download import MANIFEST, download
 
     manifest = download(opts)
-    print(summary(manifest))
+    print(manifest.summary())
     print(f"wrote {os.path.join(os.path.abspath(opts.out), MANIFEST)}; next: wit queries build --from {opts.out} "
           f"--out queries/")
     return 0
@@ -70,11 +70,11 @@ def train(opts, beam_args: Sequence[str]) -> int:
     summary = run_training(opts)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 reports
-    if summary.get("eval"):
-        print(format_results(summary["eval"]))
-    loss = "" if summary["final_loss"] is None else f" (last loss {summary['final_loss']:.4f})"
-    print(f"trained {summary['steps']} steps{loss}; checkpoint {summary['checkpoint']}; "
-          f"corrupt samples skipped: {summary['corrupt_samples']}")
+    if summary.eval:
+        print(format_results(summary.eval))
+    loss = "" if summary.final_loss is None else f" (last loss {summary.final_loss:.4f})"
+    print(f"trained {summary.steps} steps{loss}; checkpoint {summary.checkpoint}; "
+          f"corrupt samples skipped: {summary.corrupt_samples}")
     return 0
 
 

@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from pipelines.build import BuildOptions, run_build
@@ -81,10 +81,10 @@ def run_demo(opts: DemoOptions = DemoOptions(), beam_args: Sequence[str] = ()) -
 
     report = write_report(dataset)
     print(f"dataset report (plots, sample images): {report}")
-    results = {"stats": stats, "faults": dict(faults)}
+    results = {"stats": asdict(stats), "faults": dict(faults)}
     if opts.train_steps > 0:
-        results["train"] = train_demo(dataset, os.path.join(out, "train"), os.path.join(out, "zeroshot"),
-                                      opts.train_steps, opts.model, seed)
+        results["train"] = asdict(train_demo(dataset, os.path.join(out, "train"), os.path.join(out, "zeroshot"),
+                                             opts.train_steps, opts.model, seed))
     with open(os.path.join(out, "demo.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(f"demo finished in {time.monotonic() - started:.0f}s: shards in {dataset}/shards, report {report}"
@@ -121,7 +121,7 @@ def write_zeroshot_sets(directory: str, seed: int, per_class: int = 8, image_siz
     return dirs
 
 
-def train_demo(dataset: str, out: str, zeroshot_dir: str, steps: int, model: str, seed: int) -> dict:
+def train_demo(dataset: str, out: str, zeroshot_dir: str, steps: int, model: str, seed: int):
     """A tiny CLIP on all shards but the last (held out for retrieval), then zero-shot on fresh drawings."""
     from trainer.data import list_shards
     from trainer.evaluate import format_results
@@ -132,7 +132,7 @@ def train_demo(dataset: str, out: str, zeroshot_dir: str, steps: int, model: str
         raise InputError(f"the demo dataset has {len(shards)} shard(s); training needs one to hold out")
     sets = write_zeroshot_sets(zeroshot_dir, seed)
     numbers = [int(p.rsplit("/", 1)[-1][: -len(".tar")]) for p in shards[:-1]]
-    train_samples = sum(shardformat.status_count(json.loads(fileio.read_bytes(shardformat.paths(dataset, n)["stats"])),
+    train_samples = sum(shardformat.status_count(json.loads(fileio.read_bytes(shardformat.paths(dataset, n).stats)),
                                                  shardformat.Status.SUCCESS) for n in numbers)
     batch = min(128, max(4, train_samples // 4))
     workers = 2 if len(shards) > 2 and train_samples >= 8 * batch else 1
@@ -145,7 +145,7 @@ def train_demo(dataset: str, out: str, zeroshot_dir: str, steps: int, model: str
                       save_every=steps, log_every=10, seed=seed, resume=False, val_shards=(shards[-1],),
                       zeroshot=tuple(sets), device="cpu")
     summary = train(cfg)
-    print(format_results(summary["eval"]))
-    print(f"trained in {time.monotonic() - started:.0f}s; checkpoint {summary['checkpoint']} "
+    print(format_results(summary.eval))
+    print(f"trained in {time.monotonic() - started:.0f}s; checkpoint {summary.checkpoint} "
           f"(try `wit eval --checkpoint {out} --zeroshot {sets[0]}`)")
     return summary

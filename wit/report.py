@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from wit.core import fileio
 from wit.core.errors import InputError
 from wit.core.options import Options, option
+from pipelines.runstats import RunStats
 from wit.summary import eval_set_lines, key_lines, stage_lines
 from wit.core.shardformat import STATUSES, iter_tar, read_parquet
 
@@ -38,7 +39,7 @@ class ReportOptions(Options):
 
 @dataclass
 class Dataset:
-    stats: dict
+    stats: RunStats
     queries: list[tuple[int, str, int, int]]  # id, query, matched, selected
     statuses: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)  # (status, error kind) -> samples
@@ -51,7 +52,7 @@ def load(directory: str) -> Dataset:
     stats_path = fileio.join(directory, "stats.json")
     if not fileio.exists(stats_path):
         raise InputError(f"{directory}: no stats.json; is it the --out of a finished `wit build`?")
-    stats = json.loads(fileio.read_bytes(stats_path))
+    stats = RunStats.read(directory)
     queries = []
     lines = fileio.read_bytes(fileio.join(directory, "query_counts.tsv")).decode().rstrip("\n").split("\n")[1:]
     for line in lines:
@@ -90,7 +91,7 @@ def plot_distribution(data: Dataset) -> str:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.loglog(range(1, len(matched) + 1), matched, label="matched (before balancing)")
     ax.loglog(range(1, len(selected) + 1), selected, label="selected (after balancing)")
-    ax.axhline(data.stats["per_query_cap"], color="grey", linestyle="--", label=f"cap {data.stats['per_query_cap']:,}")
+    ax.axhline(data.stats.per_query_cap, color="grey", linestyle="--", label=f"cap {data.stats.per_query_cap:,}")
     ax.set_xlabel("query rank")
     ax.set_ylabel("pairs")
     ax.legend()
@@ -154,16 +155,16 @@ def render(data: Dataset, top_queries: int = 8, per_query: int = 6) -> str:
         "figure{width:160px;margin:0}figure img{width:160px;height:160px;object-fit:cover}"
         "figcaption{font-size:12px}</style></head><body>",
         "<h1>wit dataset report</h1>",
-        f"<p>{data.stats.get('samples_in_tars', 0):,} samples in {data.stats.get('shards', 0)} shard(s); "
-        f"cap {data.stats.get('per_query_cap', 0):,} pairs per query, seed {data.stats.get('seed')}; "
-        f"{sum(1 for q in data.queries if q[2]):,} of {data.stats.get('queries_in_list', 0):,} queries matched.</p>",
+        f"<p>{data.stats.samples_in_tars:,} samples in {data.stats.shards} shard(s); "
+        f"cap {data.stats.per_query_cap:,} pairs per query, seed {data.stats.seed}; "
+        f"{sum(1 for q in data.queries if q[2]):,} of {data.stats.queries_in_list:,} queries matched.</p>",
         "<h2>Pairs per stage</h2><pre>",
-        esc("\n".join(stage_lines(data.stats.get("stages", {}))
-                       + eval_set_lines(data.stats.get("excluded_per_eval_set")))),
+        esc("\n".join(stage_lines(data.stats.stages)
+                       + eval_set_lines(data.stats.excluded_per_eval_set))),
         "</pre>",
         "<h2>Largest key per grouping step</h2><p>Elements one key brought to one step: a hot query, URL, "
         "caption or image shows here.</p><pre>",
-        esc("\n".join(key_lines(data.stats.get("largest_keys", {})))),
+        esc("\n".join(key_lines(data.stats.largest_keys))),
         "</pre>",
     ]
     parts += ["<h2>Per-query distribution</h2>",

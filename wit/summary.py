@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pipelines.counters import DROP, GROUPINGS, INFO, shown
+from pipelines.runstats import RunStats
 
 
 def _pairs(items: list) -> str:
@@ -35,25 +36,25 @@ def eval_set_lines(excluded: dict) -> list[str]:
     return ["near an evaluation image, per set:"] + [f"  {name:<{width}}  {n:>11,}" for name, n in excluded.items()]
 
 
-def summary(stats: dict, out: str) -> str:
-    lines = ["pairs per stage:"] + stage_lines(stats["stages"]) + eval_set_lines(stats.get("excluded_per_eval_set"))
-    before, after = stats["per_query_before_balancing"], stats["per_query_after_balancing"]
-    lines.append(f"queries: {before.get('queries', 0):,} of {stats['queries_in_list']:,} matched something; "
-                 f"cap {stats['per_query_cap']:,}, reached by {after.get('at_cap', 0):,}")
+def summary(stats: RunStats, out: str) -> str:
+    lines = ["pairs per stage:"] + stage_lines(stats.stages) + eval_set_lines(stats.excluded_per_eval_set)
+    before, after = stats.per_query_before_balancing, stats.per_query_after_balancing
+    lines.append(f"queries: {before.get('queries', 0):,} of {stats.queries_in_list:,} matched something; "
+                 f"cap {stats.per_query_cap:,}, reached by {after.get('at_cap', 0):,}")
     if before.get("queries"):
         lines.append(f"  before balancing: max {before['max']:,}, median {before['median']:,}; "
                      f"head: {_pairs(before['head'][:5])}")
         lines.append(f"  after balancing:  max {after['max']:,}, median {after['median']:,}; "
                      f"head: {_pairs(after['head'][:5])}")
         lines.append(f"  tail: {_pairs(after['tail'][-5:])}")
-    if stats.get("largest_keys"):
+    if stats.largest_keys:
         lines.append("largest key per grouping step (elements):")
-        lines += key_lines(stats["largest_keys"])
-    if stats.get("damaged_inputs"):
-        lines.append(f"damaged input files: {stats['stages'].get('damaged_files', 0):,}, each read up to the damage "
-                     f"and listed in stats.json: " + "; ".join(stats["damaged_inputs"][:3]))
-    if stats.get("rejected_examples"):
-        lines.append("rejected rows (first ones): " + "; ".join(stats["rejected_examples"][:3]))
-    lines.append(f"{stats['shards']} shard(s) in {out}/shards (webdataset .tar + .parquet + _stats.json); "
+        lines += key_lines(stats.largest_keys)
+    if stats.damaged_inputs:
+        lines.append(f"damaged input files: {stats.stages.get('damaged_files', 0):,}, each read up to the damage "
+                     f"and listed in stats.json: " + "; ".join(stats.damaged_inputs[:3]))
+    if stats.rejected_examples:
+        lines.append("rejected rows (first ones): " + "; ".join(stats.rejected_examples[:3]))
+    lines.append(f"{stats.shards} shard(s) in {out}/shards (webdataset .tar + .parquet + _stats.json); "
                  f"run stats in {out}/stats.json, per-query counts in {out}/query_counts.tsv")
     return "\n".join(lines)

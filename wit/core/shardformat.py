@@ -108,10 +108,20 @@ def shard_name(shard: int) -> str:
     return f"{shard:05d}"
 
 
-def paths(out_dir: str, shard: int) -> dict[str, str]:
+@dataclass(frozen=True)
+class ShardPaths:
+    """The files of one shard: the three the shard is made of, and the staging file of its download."""
+
+    tar: str
+    parquet: str
+    stats: str  # written last: it marks the shard finished
+    staging: str
+
+
+def paths(out_dir: str, shard: int) -> ShardPaths:
     base = fileio.join(out_dir, "shards", shard_name(shard))
-    return {"tar": base + ".tar", "parquet": base + ".parquet", "stats": base + "_stats.json",
-            "staging": fileio.join(out_dir, "_staging", shard_name(shard) + ".parquet")}
+    return ShardPaths(tar=base + ".tar", parquet=base + ".parquet", stats=base + "_stats.json",
+                      staging=fileio.join(out_dir, "_staging", shard_name(shard) + ".parquet"))
 
 
 def index_digits(shard_size: int) -> int:
@@ -297,10 +307,10 @@ def write_shard(out_dir: str, shard: int, samples: Sequence[Sample]) -> dict:
     """Write tar, parquet, then stats (the 'finished' marker); returns the stats."""
     samples = sorted(samples, key=lambda s: s.key)
     p = paths(out_dir, shard)
-    write_tar(p["tar"], samples)
-    write_parquet(p["parquet"], [replace(s, jpg=None) for s in samples], SCHEMA)
+    write_tar(p.tar, samples)
+    write_parquet(p.parquet, [replace(s, jpg=None) for s in samples], SCHEMA)
     stats = shard_stats(shard, samples)
-    fileio.write_bytes(p["stats"], json.dumps(stats, indent=1, sort_keys=True).encode() + b"\n")
+    fileio.write_bytes(p.stats, json.dumps(stats, indent=1, sort_keys=True).encode() + b"\n")
     return stats
 
 
@@ -319,4 +329,4 @@ def numbered_files(out_dir: str, folder: str, suffix: str) -> list[tuple[int, st
 
 def is_finished(out_dir: str, shard: int) -> bool:
     p = paths(out_dir, shard)
-    return all(fileio.exists(p[k]) for k in ("tar", "parquet", "stats"))
+    return all(fileio.exists(path) for path in (p.tar, p.parquet, p.stats))
