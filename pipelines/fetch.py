@@ -12,7 +12,6 @@ fetch (bench/fetch.py; figures in bench/RESULTS.md).
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 import weakref
@@ -24,7 +23,8 @@ from urllib3 import BaseHTTPResponse, PoolManager
 from urllib3.exceptions import HTTPError
 
 from wit.net import USER_AGENT, robots
-from wit.net.netguard import RETRYABLE_STATUS, NetworkPolicy, pool_manager, retry_after_seconds
+from wit.net.netguard import (RETRYABLE_STATUS, NetworkPolicy, backoff_seconds, pool_manager,
+                              retry_after_seconds)
 from wit.core.options import Options, option
 from wit.net.resolver import name_server
 from wit.net.responses import Failure, failure, get, read_body, redirect_target
@@ -252,12 +252,9 @@ def fetch(url: str, opts: FetchOptions = FetchOptions()) -> Fetched:
             result = _attempt(url, opts)
         if attempt >= opts.retries or not _retryable(result):
             return replace(result, attempts=attempt + 1)
-        wait = opts.retry_backoff * (2 ** attempt) * (0.5 + random.random())
-        if result.retry_after is not None:
-            if result.retry_after > opts.max_retry_after:
-                return replace(result, attempts=attempt + 1, kind=ErrorKind.RATE_LIMITED,
-                               error=f"{result.error}: rate limited, Retry-After "
-                                     f"{result.retry_after:.0f}s is over {opts.max_retry_after:g}s")
-            wait = max(wait, result.retry_after)
-        time.sleep(wait)
+        if result.retry_after is not None and result.retry_after > opts.max_retry_after:
+            return replace(result, attempts=attempt + 1, kind=ErrorKind.RATE_LIMITED,
+                           error=f"{result.error}: rate limited, Retry-After "
+                                 f"{result.retry_after:.0f}s is over {opts.max_retry_after:g}s")
+        time.sleep(backoff_seconds(opts.retry_backoff, attempt, result.retry_after))
         attempt += 1

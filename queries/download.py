@@ -25,7 +25,6 @@ import enum
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
 import tarfile
@@ -39,11 +38,12 @@ from urllib3 import BaseHTTPResponse, PoolManager, Timeout
 from urllib3.exceptions import HTTPError
 
 from queries.errors import QueryInputError
-from wit.net import USER_AGENT, robots
-from wit.core.errors import WitError
-from wit.net.netguard import RETRYABLE_STATUS, NetworkPolicy, pool_manager, retry_after_seconds
+from wit.core.errors import ErrorKind, WitError
 from wit.core.options import Options, option
-from wit.core.errors import ErrorKind
+from wit.net import USER_AGENT, robots
+from wit.net.netguard import (RETRYABLE_STATUS, NetworkPolicy, backoff_seconds, pool_manager,
+                              retry_after_seconds)
+from wit.net.responses import redirect_target
 
 WIKIMEDIA = "https://dumps.wikimedia.org"
 WORDNET_URL = "https://wordnetcode.princeton.edu/3.0/WordNet-3.0.tar.gz"
@@ -158,10 +158,10 @@ class Client:
             resp = self.pool.request("GET", url, headers=headers, preload_content=False, redirect=False,
                                      retries=False, timeout=Timeout(connect=self.opts.timeout,
                                                                     read=self.opts.timeout))
-            location = resp.headers.get("Location")
-            if resp.status in (301, 302, 303, 307, 308) and location:
+            target = redirect_target(resp, url)
+            if target:
                 resp.release_conn()
-                url = urljoin(url, location)
+                url = target
                 continue
             return resp, url
         raise DownloadError(Problem.HTTP, f"{url}: more than {MAX_REDIRECTS} redirects")
@@ -268,8 +268,7 @@ class _Attempt:
 
     def wait(self) -> None:
         if self.failures:
-            backoff = self.opts.retry_backoff * 2 ** (self.failures - 1) * (0.5 + random.random())
-            self.sleep(max(backoff, self.retry_after or 0.0))
+            self.sleep(backoff_seconds(self.opts.retry_backoff, self.failures - 1, self.retry_after))
 
 
 def digest(path: str, algorithm: str) -> str:

@@ -313,18 +313,18 @@ def test_a_query_left_unproven_is_balanced_again_whole(built, tmp_path, monkeypa
 def test_a_plan_whose_counts_do_not_add_up_is_refused_and_made_again(built, tmp_path, monkeypatch):
     from pipelines import build as build_module
 
-    real = build_module.stages.from_metrics
+    real = build_module.counters.from_metrics
 
     def lossy(result):  # as if a worker's bundle of pairs had been dropped between dedup and balancing
         counts = real(result)
         return {**counts, "selected": counts["selected"] - 5}
 
     out = tmp_path / "lossy"
-    monkeypatch.setattr(build_module.stages, "from_metrics", lossy)
+    monkeypatch.setattr(build_module.counters, "from_metrics", lossy)
     with pytest.raises(BuildError, match="counts do not add up.*run the build again"):
         run_build(replace(_opts(built["inputs"], out), plan_only=True), BEAM)
     assert not (out / "plan" / "_plan.json").exists()
-    monkeypatch.setattr(build_module.stages, "from_metrics", real)
+    monkeypatch.setattr(build_module.counters, "from_metrics", real)
     stats = run_build(replace(_opts(built["inputs"], out), plan_only=True), BEAM)
     assert stats.stages["selected"] == built["stats"].stages["selected"]
 

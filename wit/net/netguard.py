@@ -20,6 +20,7 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import itertools
+import random
 import socket
 import threading
 import time
@@ -54,6 +55,12 @@ def retry_after_seconds(value: Optional[str]) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def backoff_seconds(first: float, retry: int, retry_after: Optional[float] = None) -> float:
+    """The wait before retry number `retry` (0: the first): exponential from `first`, jittered so that many
+    clients do not come back at once, or the server's Retry-After when that is longer."""
+    return max(first * 2 ** retry * (0.5 + random.random()), retry_after or 0.0)
 
 
 @dataclass(frozen=True)
