@@ -35,7 +35,10 @@ def main() -> int:
         for run in range(a.runs):
             out = os.path.join(tmp, f"run{run}")
             started = time.monotonic()
-            subprocess.run([wit, "demo", "--out", out], check=True, stdout=subprocess.DEVNULL)
+            proc = subprocess.run([wit, "demo", "--out", out], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True)
+            if proc.returncode:
+                raise SystemExit(f"run {run + 1}: `wit demo` failed:\n{proc.stderr[-3000:]}")
             walls.append(time.monotonic() - started)
             with open(os.path.join(out, "demo.json")) as f:
                 results = json.load(f)["train"]["eval"]

@@ -34,12 +34,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import Iterator, Optional, Sequence
-from urllib.parse import urlsplit
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines.fetch import FetchOptions, Fetched, fetch
+from pipelines.fetch import FetchOptions, Fetched, fetch, host_limits, host_of
 from pipelines.records import ImageInfo
 from pipelines.decoders import DecoderPool, Processed
 from pipelines.resize import ResizeOptions
@@ -85,13 +84,6 @@ def fetched_sample(sample: Sample, got: Fetched, done: Optional[Processed]) -> S
                    sha256=done.sha256, phash=f"{img.phash:016x}", width=img.width, height=img.height,
                    original_width=img.original_width, original_height=img.original_height, exif=img.exif,
                    jpg=img.jpeg)
-
-
-def _host(url: str) -> str:
-    try:
-        return (urlsplit(url).hostname or "").lower()
-    except ValueError:
-        return ""
 
 
 class ShardJob:
@@ -149,7 +141,6 @@ class Downloader:
         self._queues: dict[str, deque[tuple[ShardJob, int]]] = {}
         self._ready: deque[str] = deque()  # hosts with queued work and below their limit, in turn order
         self._in_ready: set[str] = set()
-        self._busy: dict[str, int] = {}
         self._queued = 0
         self._threads = 0
         self._fixed: Optional[int] = None  # a limit set by --threads instead of the controller's
@@ -157,6 +148,7 @@ class Downloader:
         self.backlog = 0
         self._pool: Optional[DecoderPool] = None
         self._pool_lock = threading.Lock()
+        host_limits.on_free(self._host_free)
 
     # ------------------------------------------------------------ queueing
 
@@ -175,7 +167,7 @@ class Downloader:
         with self._cond:
             self._fixed = threads or None
             for i, s in enumerate(job.samples):
-                host = _host(s.url)
+                host = host_of(s.url)
                 self._queues.setdefault(host, deque()).append((job, i))
                 self._turn(host)
             self._queued += len(job.samples)
@@ -187,7 +179,7 @@ class Downloader:
         """Put `host` at the end of the turn if it has queued work below its limit (the lock held)."""
         queue = self._queues.get(host)
         if queue and host not in self._in_ready and \
-                self._busy.get(host, 0) < max(1, queue[0][0].fetch_opts.max_per_host):
+                host_limits.busy(host) < max(1, queue[0][0].fetch_opts.max_per_host):
             self._ready.append(host)
             self._in_ready.add(host)
 
@@ -207,8 +199,9 @@ class Downloader:
                     host = self._ready.popleft()
                     self._in_ready.discard(host)
                     queue = self._queues[host]
+                    if not host_limits.try_take(host, queue[0][0].fetch_opts.max_per_host):
+                        continue  # a fetch outside the downloader took the last slot: back in turn when it frees
                     job, i = queue.popleft()
-                    self._busy[host] = self._busy.get(host, 0) + 1
                     if not queue:
                         del self._queues[host]
                     self._turn(host)
@@ -227,12 +220,16 @@ class Downloader:
     def _release(self, host: str) -> None:
         with self._cond:
             self.in_flight -= 1
-            busy = self._busy[host] = self._busy[host] - 1
-            if busy == 0:
-                del self._busy[host]
-            self._turn(host)  # if it was at its limit, back in turn
             self._spawn()
             self._cond.notify()
+        host_limits.give(host)  # `_host_free` puts the host back in turn
+
+    def _host_free(self, host: str) -> None:
+        """A slot of `host` was given back (here or by a fetch outside the downloader)."""
+        with self._cond:
+            if host in self._queues:
+                self._turn(host)
+                self._cond.notify()
 
     # ------------------------------------------------------------ fetching and processing
 
@@ -242,7 +239,8 @@ class Downloader:
             sample = job.samples[i]
             started = time.monotonic()
             try:
-                got = fetch(sample.url, job.fetch_opts)
+                with host_limits.holds(host):
+                    got = fetch(sample.url, job.fetch_opts)
             except Exception as e:  # a bug; the sample records it and the shard goes on
                 log.exception("fetching %s", sample.url)
                 got = Fetched(kind=ErrorKind.OTHER, error=f"{type(e).__name__}: {e}")

@@ -15,8 +15,9 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Iterator, Optional
 from urllib.parse import urlsplit
 
 from urllib3 import BaseHTTPResponse, PoolManager
@@ -141,23 +142,82 @@ def _pool(opts: FetchOptions) -> PoolManager:
     return pool
 
 
-class _HostSlots:
-    """Per-host semaphores: a shard full of one site's URLs must not open 32 connections to it.
-    Held weakly: a host's semaphore lives while some thread uses it, so millions of hosts cost nothing."""
+def host_of(url: str) -> str:
+    """The host a URL's exchanges count against (lowercase; "" for a URL without one)."""
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+class HostLimits:
+    """At most `--max-per-host` exchanges at once with one host, per process, whoever asks: a shard full of
+    one site's URLs must not open dozens of connections to it. The downloader's scheduler takes a slot
+    without waiting (`try_take`), passes over hosts at their limit and hears when one frees (`on_free`);
+    `fetch` called on its own waits for a slot, and takes none when its thread already `holds` one. Only
+    hosts in use have an entry, so millions of hosts cost nothing."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._slots: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._cond = threading.Condition()
+        self._busy: dict[str, int] = {}
+        self._listeners: list[weakref.WeakMethod] = []
+        self._held = threading.local()
 
-    def get(self, host: str, limit: int) -> threading.BoundedSemaphore:
-        with self._lock:
-            slot = self._slots.get((host, limit))
-            if slot is None:
-                slot = self._slots[(host, limit)] = threading.BoundedSemaphore(limit)
-            return slot
+    def on_free(self, listener) -> None:
+        """`listener(host)` (a bound method, held weakly) after each slot given back."""
+        with self._cond:
+            self._listeners.append(weakref.WeakMethod(listener))
+
+    def busy(self, host: str) -> int:
+        with self._cond:
+            return self._busy.get(host, 0)
+
+    def try_take(self, host: str, limit: int) -> bool:
+        with self._cond:
+            n = self._busy.get(host, 0)
+            if n >= max(1, limit):
+                return False
+            self._busy[host] = n + 1
+            return True
+
+    def give(self, host: str) -> None:
+        with self._cond:
+            n = self._busy[host] - 1
+            if n:
+                self._busy[host] = n
+            else:
+                del self._busy[host]
+            self._cond.notify_all()
+            listeners = [ref() for ref in self._listeners]
+        for listener in listeners:
+            if listener is not None:
+                listener(host)
+
+    @contextmanager
+    def holds(self, host: str) -> Iterator[None]:
+        """The calling thread holds a slot of `host` (taken with `try_take`) while it fetches."""
+        self._held.host = host
+        try:
+            yield
+        finally:
+            self._held.host = None
+
+    @contextmanager
+    def slot(self, host: str, limit: int) -> Iterator[None]:
+        """One of `host`'s slots for the block, waited for; none taken if the thread holds one already."""
+        if getattr(self._held, "host", None) == host:
+            yield
+            return
+        with self._cond:
+            while not self.try_take(host, limit):
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            self.give(host)
 
 
-_host_slots = _HostSlots()
+host_limits = HostLimits()
 
 
 def _check_url(url: str) -> Optional[Failure]:
@@ -242,13 +302,13 @@ def fetch(url: str, opts: FetchOptions = FetchOptions()) -> Fetched:
     """GET with a total deadline per attempt, at most `max_per_host` at once per host, and jittered
     exponential backoff between attempts (or the server's Retry-After, up to `max_retry_after`)."""
     try:
-        host = (urlsplit(url).hostname or "").lower()
+        urlsplit(url)
     except ValueError as e:
         return _failed(failure(e))
-    slot = _host_slots.get(host, max(1, opts.max_per_host))
+    host = host_of(url)
     attempt = 0
     while True:
-        with slot:
+        with host_limits.slot(host, opts.max_per_host):
             result = _attempt(url, opts)
         if attempt >= opts.retries or not _retryable(result):
             return replace(result, attempts=attempt + 1)

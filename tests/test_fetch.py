@@ -77,3 +77,38 @@ def test_malformed_urls_are_a_status_and_cost_the_shard_nothing(web_server):
         assert s.status == "failed_to_download" and s.error_kind is ErrorKind.INVALID_URL, s
         assert s.error_message.startswith(("invalid URL", "invalid port '99999'")), s
     assert got[-1].status == "success"
+
+
+def test_host_limits_are_one_count_for_the_scheduler_and_fetch():
+    import threading
+
+    from pipelines.fetch import HostLimits
+
+    limits, freed = HostLimits(), []
+
+    class Listener:
+        def heard(self, host):
+            freed.append(host)
+
+    listener = Listener()
+    limits.on_free(listener.heard)
+    assert limits.try_take("a.test", 2) and limits.try_take("a.test", 2) and not limits.try_take("a.test", 2)
+    with limits.holds("a.test"), limits.slot("a.test", 2):  # the holder's own fetch takes no second slot
+        assert limits.busy("a.test") == 2
+    entered, kept = threading.Event(), []
+
+    def wait_for_a_slot():
+        kept.append(limits.slot("a.test", 2))  # kept: a collected context manager would give its slot back
+        kept[0].__enter__()
+        entered.set()
+
+    waiter = threading.Thread(target=wait_for_a_slot)
+    waiter.start()
+    assert not entered.wait(0.2)  # a fetch on its own waits while the scheduler holds both slots
+    limits.give("a.test")
+    assert entered.wait(5) and freed == ["a.test"] and limits.busy("a.test") == 2
+    waiter.join()
+    del listener  # held weakly: a dropped downloader is not called
+    limits.give("a.test")
+    limits.give("a.test")
+    assert freed == ["a.test"] and limits.busy("a.test") == 0 and not limits._busy
