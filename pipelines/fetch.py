@@ -166,7 +166,7 @@ class HostLimits:
     def on_free(self, listener) -> None:
         """`listener(host)` (a bound method, held weakly) after each slot given back."""
         with self._cond:
-            self._listeners.append(weakref.WeakMethod(listener))
+            self._listeners = [ref for ref in self._listeners if ref() is not None] + [weakref.WeakMethod(listener)]
 
     def busy(self, host: str) -> int:
         with self._cond:
