@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-engines clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,21 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Other Beam runners on loopback. Prism is built from the Go module proxy at the installed apache-beam's
+# version and kept in ENGINES; without Go, or if the proxy does not serve it, one line says so and its
+# tests are skipped.
+ENGINES ?= $(HOME)/.cache/wit-engines
+test-engines: $(STAMP)
+	@v=$$($(PY) -c 'import apache_beam; print(apache_beam.__version__)'); dir=$(ENGINES)/prism-$$v; \
+	if [ ! -x $$dir/prism ]; then \
+		if command -v go >/dev/null; then \
+			mkdir -p $(ENGINES); echo "building Prism $$v into $$dir (once)"; \
+			GOBIN=$$dir GOFLAGS=-mod=mod go install github.com/apache/beam/sdks/v2/go/cmd/prism@v$$v >$(ENGINES)/prism-$$v.log 2>&1 \
+				|| echo "Prism $$v could not be built (see $(ENGINES)/prism-$$v.log): its checks are skipped"; \
+		else echo "no Go toolchain: Prism's checks are skipped"; fi; \
+	fi; \
+	WIT_PRISM=$$dir/prism $(PY) -m pytest -q -m engines tests
 
 clean:
 	rm -rf $(VENV) wit-demo *.egg-info
