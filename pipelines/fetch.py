@@ -301,11 +301,7 @@ def _retryable(result: Fetched) -> bool:
 def fetch(url: str, opts: FetchOptions = FetchOptions()) -> Fetched:
     """GET with a total deadline per attempt, at most `max_per_host` at once per host, and jittered
     exponential backoff between attempts (or the server's Retry-After, up to `max_retry_after`)."""
-    try:
-        urlsplit(url)
-    except ValueError as e:
-        return _failed(failure(e))
-    host = host_of(url)
+    host = host_of(url)  # "" for a URL that does not parse: `_attempt` reports it
     attempt = 0
     while True:
         with host_limits.slot(host, opts.max_per_host):

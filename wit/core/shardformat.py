@@ -222,17 +222,19 @@ def status_count(stats: dict, status: Status) -> int:
 
 
 _BLOCK = tarfile.BLOCKSIZE
-_FIELDS = dict(mtime=0, mode=0o444, uname="wit", gname="wit")
+
+
+def _tarfile_header(name: str, size: int) -> bytes:
+    """A member's ustar header as tarfile lays it out: mtime 0, mode 0444, owner wit."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o444, "wit", "wit"
+    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
 
 
 def _template() -> tuple[bytes, int]:
-    """A ustar header of an empty name and size, as tarfile writes it, and its checksum without those two
-    fields and the checksum's own: a member's header is then three slices and a sum."""
-    info = tarfile.TarInfo("")
-    info.size = 0
-    for name, value in _FIELDS.items():
-        setattr(info, name, value)
-    header = bytearray(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"))
+    """A header of an empty name and size, and its checksum without those two fields and the checksum's
+    own: a member's header is then three slices and a sum."""
+    header = bytearray(_tarfile_header("", 0))
     header[124:136] = bytes(12)
     header[148:156] = b" " * 8
     return bytes(header), sum(header)
@@ -244,11 +246,7 @@ _HEADER, _HEADER_SUM = _template()
 def _header(name: str, size: int) -> bytes:
     raw = name.encode("utf-8", "surrogateescape")
     if len(raw) > 100 or not raw.isascii() or size >= 8 ** 11:  # the rare header tarfile lays out otherwise
-        info = tarfile.TarInfo(name)
-        info.size = size
-        for field_name, value in _FIELDS.items():
-            setattr(info, field_name, value)
-        return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+        return _tarfile_header(name, size)
     size_field = b"%011o\0" % size
     checksum = _HEADER_SUM + sum(raw) + sum(size_field)
     return b"".join((raw, _HEADER[len(raw):124], size_field, _HEADER[136:148], b"%06o\0 " % checksum,
