@@ -153,6 +153,10 @@ class DecoderPool:
                 token, result = pickle.loads(w.conn.recv_bytes())
             except (EOFError, OSError):
                 break
+            except Exception:
+                if self._closing:  # `close` (at exit) shut the pipe in the middle of this read
+                    return
+                raise
             with w.lock:
                 callback = w.waiting.pop(token)
             callback(result)
