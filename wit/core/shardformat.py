@@ -14,7 +14,6 @@ are in key order, and nothing time-dependent is stored.
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from collections import Counter
@@ -185,12 +184,22 @@ def from_table(table: pa.Table) -> list[Sample]:
 
 
 def write_parquet(path: str, samples: Sequence[Sample], schema: pa.Schema) -> None:
+    """zstd for the metadata; the staging file's JPEG bytes are stored as they are (they do not compress, and
+    compressing and decompressing them took a visible part of the time after the last response:
+    bench/download.py)."""
+    table = to_table(samples, schema)
+    if "jpg" in schema.names:
+        compression = {name: "none" if name == "jpg" else "zstd" for name in table.column_names}
+        dictionary = [name for name in table.column_names if name != "jpg"]
+        with fileio.atomic_open(path) as f:
+            pq.write_table(table, f, compression=compression, use_dictionary=dictionary)
+        return
     with fileio.atomic_open(path) as f:
-        pq.write_table(to_table(samples, schema), f, compression="zstd")
+        pq.write_table(table, f, compression="zstd")
 
 
 def read_parquet(path: str, columns: Optional[list[str]] = None) -> pa.Table:
-    return pq.read_table(io.BytesIO(fileio.read_bytes(path)), columns=columns)
+    return pq.read_table(pa.py_buffer(fileio.read_bytes(path)), columns=columns)  # BytesIO would copy them
 
 
 def read_samples(path: str) -> list[Sample]:
