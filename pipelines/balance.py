@@ -27,7 +27,7 @@ import numpy as np
 from pipelines.grouping import Batches, CountPerKey, pack, unpack, windowed
 from pipelines.records import PAIR, id_counts, ids_of
 from pipelines.sizing import BATCH, FLUSH_ENTRIES
-from pipelines.counters import counter, key_sizes
+from pipelines.counters import MAIN, CountingDoFn, count_in, counter
 from wit.core.runner import relax_gc
 
 
@@ -156,12 +156,12 @@ class Balance(beam.PTransform):
         bounds = matched | "Bounds" >> beam.FlatMap(
             lambda qn: [] if qn[0] in whole or bound(qn[1], cap) is None else [(qn[0], (bound(qn[1], cap),))]
         ).with_output_types(tuple[int, Any])
-        checked = (batches
-                   | "UnderBound" >> beam.ParDo(_UnderBound(cap), beam.pvalue.AsDict(bounds))
-                   | "BottomK" >> beam.CombinePerKey(BottomK(cap))
-                   | "Check" >> beam.ParDo(_Check(cap), beam.pvalue.AsDict(matched))
-                   .with_output_types(tuple[int, Any]).with_outputs(_AGAIN, main="cutoffs"))
-        selected = batches | "Select" >> beam.ParDo(_Select(), beam.pvalue.AsDict(checked.cutoffs))
+        bottom = (batches
+                  | "UnderBound" >> beam.ParDo(_UnderBound(cap), beam.pvalue.AsDict(bounds))
+                  | "BottomK" >> beam.CombinePerKey(BottomK(cap)))
+        checked = count_in(bottom, "Check", _Check(cap), beam.pvalue.AsDict(matched), tags=[_AGAIN],
+                           output_types=tuple[int, Any])
+        selected = count_in(batches, "Select", _Select(), beam.pvalue.AsDict(checked[MAIN]))
         return selected, matched, checked[_AGAIN] | "Unproven" >> beam.Keys()
 
 
@@ -192,7 +192,6 @@ class BottomK(beam.CombineFn):
         return prio, uid, sum(a[2] for a in accumulators)
 
     def extract_output(self, acc):
-        key_sizes("query_topk").update(acc[2])
         return acc
 
 
@@ -242,7 +241,7 @@ class _UnderBound(beam.DoFn):
             yield windowed(kv)
 
 
-class _Check(beam.DoFn):
+class _Check(CountingDoFn):
     """A query's cut-off (its cap-th smallest (priority, uid)) when it has more pairs than the cap; queries
     whose bottom-k may be missing pairs (fewer than the cap passed, but more exist) go to `_AGAIN`."""
 
@@ -251,6 +250,7 @@ class _Check(beam.DoFn):
 
     def process(self, item, matched):
         q, (prio, uid, reached) = item
+        self.tally.key_size("query_topk", reached)
         if len(prio) == self.cap:
             if matched[q] > self.cap:
                 yield q, (int(prio[-1]), int(uid[-1]))
@@ -258,7 +258,7 @@ class _Check(beam.DoFn):
             yield beam.pvalue.TaggedOutput(_AGAIN, (q, matched[q]))
 
 
-class _Select(beam.DoFn):
+class _Select(CountingDoFn):
     selected, over_cap = counter("selected"), counter("over_cap")
 
     def setup(self):
@@ -282,7 +282,7 @@ class _Select(beam.DoFn):
                 uid_str, pair = items[i]
                 picked.append((uid_str, pair, tuple(ids[start:start + n])))
                 start += n
-        self.selected.inc(len(picked))
-        self.over_cap.inc(len(items) - len(picked))
+        self.tally.count(self.selected, len(picked))
+        self.tally.count(self.over_cap, len(items) - len(picked))
         if picked:
             yield picked

@@ -223,11 +223,12 @@ def _check_out(opts: BuildOptions, files: list[tuple[str, int, float]], refs: Se
         fileio.write_bytes(marker, json.dumps(fingerprint, indent=1).encode() + b"\n")
 
 
-def _run_job(job, beam_args: Sequence[str], *args) -> tuple[dict, dict, dict]:
-    """Run one job (`plan_pipeline` or `download_pipeline`); the stage counts, key sizes and drops per
-    evaluation set it reported."""
+def _run_job(job, beam_args: Sequence[str], counts: str, *args) -> counters.Counts:
+    """Run one job (`plan_pipeline` or `download_pipeline`); what it counted, which it writes to `counts`."""
+    fileio.delete_if_exists(counts)
     p = beam.Pipeline(options=pipeline_options(beam_args))
     job(p, *args)
+    _ = p | "Counts" >> counters.WriteCounts(counts)
     try:
         result = p.run()
         result.wait_until_finish()
@@ -235,8 +236,7 @@ def _run_job(job, beam_args: Sequence[str], *args) -> tuple[dict, dict, dict]:
         if cause_of(e, KeyboardInterrupt):  # Ctrl-C inside a DoFn, re-raised by Beam as a RuntimeError
             raise KeyboardInterrupt from None
         raise _user_error(e) or e
-    return (counters.from_metrics(result), counters.key_sizes_from_metrics(result),
-            counters.eval_sets_from_metrics(result))
+    return counters.Counts.read(counts)
 
 
 def _user_error(e: BaseException) -> Optional[WitError]:
@@ -259,8 +259,8 @@ def _make_plan(opts: BuildOptions, files: list[tuple[str, int]], beam_args: Sequ
     whole: frozenset[int] = frozenset()
     while True:
         _delete(fileio.join(opts.out, "plan"), "*")  # an unfinished plan's files, or the unproven one's
-        counts, keys, _ = _run_job(plan_pipeline, beam_args, files, opts, whole)
-        problems = counters.unbalanced(counts, until="selected")
+        counts = _run_job(plan_pipeline, beam_args, fileio.join(opts.out, "plan", counters.COUNTS), files, opts, whole)
+        problems = counters.unbalanced(counts.stages, until="selected")
         if problems:  # pairs lost or doubled on the way (a failed worker whose bundle the runner dropped)
             raise BuildError(f"the plan's counts do not add up ({'; '.join(problems)}): the runner lost or "
                              "repeated pairs, so this plan is not kept; run the build again")
@@ -272,7 +272,7 @@ def _make_plan(opts: BuildOptions, files: list[tuple[str, int]], beam_args: Sequ
                              "run the build again")
         unproven = details.unproven_queries
         if not unproven:
-            return finish_plan(opts.out, details, counts, keys)
+            return finish_plan(opts.out, details, counts.stages, counts.key_sizes)
         # see Balance: astronomically rare; those queries then take all their pairs
         log.warning("balancing again with %d queries taking all their pairs: %s", len(unproven), unproven[:10])
         whole |= frozenset(unproven)
@@ -311,8 +311,10 @@ def _plan_and_download(opts: BuildOptions, files: list[tuple[str, int, float]], 
     if finished:
         log.info("%d finished shard(s) in %s are kept", len(finished), opts.out)
     with DownloadProgress(opts.out, plan.shards, finished) if opts.progress else contextlib.nullcontext():
-        counts, keys, eval_sets = _run_job(download_pipeline, beam_args, plan.shards, opts, finished, refs)
-    stats = write_stats(opts.out, plan, counts, keys, eval_sets, opts.per_query_cap, opts.seed)
+        counts = _run_job(download_pipeline, beam_args, fileio.join(opts.out, counters.COUNTS), plan.shards, opts,
+                          finished, refs)
+    stats = write_stats(opts.out, plan, counts.stages, counts.key_sizes, counts.eval_sets, opts.per_query_cap,
+                        opts.seed)
     problems = counters.unbalanced(stats.stages)
     if problems:  # a stage that drops pairs without counting them: a bug, but the shards are fine
         log.warning("stage counts do not add up: %s", "; ".join(problems))

@@ -36,7 +36,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.sizing import READ_BATCH, SPLIT_BYTES
-from pipelines.counters import counter
+from pipelines.counters import MAIN, CountingDoFn, count_in, counter
 from wit.core import fileio
 from wit.core.errors import InputError
 from wit.core.runner import relax_gc
@@ -459,14 +459,10 @@ class ReadCandidates(beam.PTransform):
             | "PartsOfFile" >> beam.GroupByKey()
             | "NumberParts" >> beam.FlatMap(lambda kv: number_parts(*zip(*kv[1])))
         )
-        read = (
-            (parts.numbered, numbered)
-            | "AllParts" >> beam.Flatten()
-            | "SpreadParts" >> beam.Reshuffle()
-            | "ReadPart" >> beam.ParDo(_ReadPart(self.url_col, self.caption_col, self.strict, self.additional))
-            .with_outputs(_REJECTS, main="candidates")
-        )
-        return read.candidates, read[_REJECTS]
+        spread = (parts.numbered, numbered) | "AllParts" >> beam.Flatten() | "SpreadParts" >> beam.Reshuffle()
+        read = count_in(spread, "ReadPart", _ReadPart(self.url_col, self.caption_col, self.strict, self.additional),
+                        tags=[_REJECTS])
+        return read[MAIN], read[_REJECTS]
 
 
 _REJECTS = "rejects"
@@ -480,7 +476,7 @@ def _split(file: tuple[str, int], fmt: str, split_bytes: int):
         yield beam.pvalue.TaggedOutput(_UNNUMBERED, part) if counted else part
 
 
-class _ReadPart(beam.DoFn):
+class _ReadPart(CountingDoFn):
     rows, rejected, damaged = counter("candidates"), counter("rejected_rows"), counter("damaged_files")
 
     def __init__(self, url_col: str, caption_col: str, strict: bool = False, additional: Sequence[str] = ()):
@@ -495,7 +491,7 @@ class _ReadPart(beam.DoFn):
         for item in read_part(part, self.url_col, self.caption_col, self.strict, self.additional):
             if isinstance(item, Reject):
                 if item.damaged:
-                    self.damaged.inc()
+                    self.tally.count(self.damaged)
                 else:
                     n += 1
                     bad += 1
@@ -508,5 +504,5 @@ class _ReadPart(beam.DoFn):
                     batch = []
         if batch:
             yield batch
-        self.rows.inc(n)
-        self.rejected.inc(bad)
+        self.tally.count(self.rows, n)
+        self.tally.count(self.rejected, bad)

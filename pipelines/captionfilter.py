@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from pipelines.counters import counter
+from pipelines.counters import CountingDoFn, count_in, counter
 from wit.core.text import match_form
 
 
@@ -27,10 +27,10 @@ class FilterCaptions(beam.PTransform):
     def expand(self, candidates):
         if self.min_words <= 0:
             return candidates
-        return candidates | "KeepLongCaptions" >> beam.ParDo(_KeepLong(self.min_words))
+        return count_in(candidates, "KeepLongCaptions", _KeepLong(self.min_words))
 
 
-class _KeepLong(beam.DoFn):
+class _KeepLong(CountingDoFn):
     dropped = counter("short_captions")
 
     def __init__(self, min_words: int):
@@ -38,6 +38,6 @@ class _KeepLong(beam.DoFn):
 
     def process(self, batch):
         kept = [c for c in batch if long_enough(c.caption, self.min_words)]
-        self.dropped.inc(len(batch) - len(kept))
+        self.tally.count(self.dropped, len(batch) - len(kept))
         if kept:
             yield kept

@@ -42,7 +42,7 @@ from pipelines.fetch import FetchOptions, Fetched, fetch, host_limits, host_of
 from pipelines.records import ImageInfo
 from pipelines.decoders import DecoderPool, Processed
 from pipelines.resize import ResizeOptions
-from pipelines.counters import counter
+from pipelines.counters import MAIN, CountingDoFn, count_in, counter
 from wit.core import fileio, shardformat
 from wit.core.shardformat import Sample, Status
 from wit.core.errors import ErrorKind
@@ -324,8 +324,8 @@ class DownloadShards(beam.PTransform):
         self.to_staging = DownloadToStaging(out, finished, fetch_opts, resize_opts, threads)
 
     def expand(self, pending):
-        staged = pending | "DownloadToStaging" >> beam.ParDo(self.to_staging).with_outputs(SHARDS, main="images")
-        return staged.images, staged[SHARDS]
+        staged = count_in(pending, "DownloadToStaging", self.to_staging, tags=[SHARDS])
+        return staged[MAIN], staged[SHARDS]
 
 
 @dataclass
@@ -335,7 +335,7 @@ class _Open:
     job: ShardJob
 
 
-class DownloadToStaging(beam.DoFn):
+class DownloadToStaging(CountingDoFn):
     """(shard, pending samples) in; ImageInfo out per downloaded image, and the shard number on `SHARDS`.
 
     A shard is submitted to the process's downloader and the element returns at once while the
@@ -354,6 +354,7 @@ class DownloadToStaging(beam.DoFn):
         downloader().start()  # the decoding processes import while the first requests wait on the network
 
     def start_bundle(self) -> None:
+        super().start_bundle()
         self.open: list[_Open] = []
 
     def process(self, item):
@@ -386,6 +387,7 @@ class DownloadToStaging(beam.DoFn):
                     yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
                 else:
                     yield GlobalWindows.windowed_value(out)
+        yield from super().finish_bundle()
 
     def _harvest(self) -> Iterator:
         """The outputs of every open shard that is complete, each staged first."""
@@ -396,7 +398,7 @@ class DownloadToStaging(beam.DoFn):
                 continue
             samples: list[Sample] = o.job.results  # type: ignore[assignment]
             shardformat.write_parquet(o.staging, samples, shardformat.STAGING_SCHEMA)
-            self.downloaded.inc(len(samples))
+            self.tally.count(self.downloaded, len(samples))
             yield from self._outputs(o.shard, samples)
         self.open = still
 

@@ -20,7 +20,7 @@ A Beam element costs more than the work most steps do on a value, so
 and lists cross a shuffle `pack`ed: Beam's generic coder walks a list item by
 item, pickle without its memo does it in one call (bench/scale.py; figures in
 bench/RESULTS.md).
-Every grouping reports its elements per key to `pipelines.counters.key_sizes`.
+Every grouping reports its elements per key (`pipelines.counters.Tally.key_size`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.sizing import BATCH, FLUSH_KEYS, HOT_KEY_FANOUT, MAX_GROUP
-from pipelines.counters import counter, key_sizes
+from pipelines.counters import CountingDoFn, count_in, counter
 from wit.core.runner import relax_gc
 
 
@@ -182,10 +182,8 @@ class CombineInPartitions(beam.PTransform):
         return _CombineInBundle(self.fn, self.key, self.partition)
 
     def expand(self, kv):
-        return (kv
-                | "CombineInBundle" >> beam.ParDo(self._in_bundle())
-                | "GroupPartition" >> beam.GroupByKey()
-                | "MergePartition" >> beam.ParDo(_MergePartition(self.fn, self.step)))
+        grouped = kv | "CombineInBundle" >> beam.ParDo(self._in_bundle()) | "GroupPartition" >> beam.GroupByKey()
+        return count_in(grouped, "MergePartition", _MergePartition(self.fn, self.step))
 
 
 class CombinePackedInPartitions(CombineInPartitions):
@@ -232,7 +230,7 @@ class _CombineListsInBundle(_CombineInBundle):
             yield from super().process(value)
 
 
-class _MergePartition(beam.DoFn):
+class _MergePartition(CountingDoFn):
     def __init__(self, fn: beam.CombineFn, step: Optional[str]):
         self.fn, self.step = fn, step
 
@@ -246,17 +244,16 @@ class _MergePartition(beam.DoFn):
                 before = merged.get(key)
                 merged[key] = acc if before is None else self.fn.merge_accumulators([before, acc])
         if self.step is not None:
-            key_sizes(self.step).update(n)
+            self.tally.key_size(self.step, n)
         for key, acc in merged.items():
             yield key, self.fn.extract_output(acc)
 
 
 class Smallest(beam.CombineFn):
-    """The smallest value by `rank`, and how many values the key had (reported as its size under `step`,
-    unless `step` is None)."""
+    """The smallest value by `rank`, and how many values the key had."""
 
-    def __init__(self, rank: Callable, step: Optional[str]):
-        self.rank, self.step = rank, step
+    def __init__(self, rank: Callable):
+        self.rank = rank
 
     def create_accumulator(self):
         return None, 0
@@ -274,8 +271,6 @@ class Smallest(beam.CombineFn):
         return best, n
 
     def extract_output(self, acc):
-        if self.step is not None:
-            key_sizes(self.step).update(acc[1])
         return acc
 
 
@@ -305,11 +300,11 @@ class KeeperPerKey(beam.PTransform):
         split = batches | "SplitHot" >> beam.ParDo(_SplitHot(), beam.pvalue.AsDict(hot)).with_outputs(_HOT, main="cold")
         cold = (split.cold
                 | "ListsPerPartition" >> beam.ParDo(ListsPerKey(lambda kv: spread(kv[0], n)))
-                | "GroupPartition" >> beam.GroupByKey()
-                | "KeepersOfPartition" >> beam.ParDo(_KeepersOfPartition(self.step, self.rank, self.lists)))
-        keepers = (split[_HOT]
-                   | "HotKeeper" >> beam.CombinePerKey(Smallest(self.rank, None)).with_hot_key_fanout(HOT_KEY_FANOUT)
-                   | "KeeperOnly" >> beam.ParDo(_KeeperOnly()))
+                | "GroupPartition" >> beam.GroupByKey())
+        cold = count_in(cold, "KeepersOfPartition", _KeepersOfPartition(self.step, self.rank, self.lists))
+        keepers = split[_HOT] | "HotKeeper" >> beam.CombinePerKey(Smallest(self.rank)).with_hot_key_fanout(
+            HOT_KEY_FANOUT)
+        keepers = count_in(keepers, "KeeperOnly", _KeeperOnly())
         lists = self.lists
         warm = split[_HOT] | "WithHotKeeper" >> beam.Map(
             lambda kv, k: [(kv[0], kv[1], k[kv[0]])] if lists else (kv[0], kv[1], k[kv[0]]),
@@ -372,7 +367,7 @@ class _SplitHot(beam.DoFn):
             yield cold
 
 
-class _KeepersOfPartition(beam.DoFn):
+class _KeepersOfPartition(CountingDoFn):
     def __init__(self, step: str, rank: Callable, lists: bool):
         self.step, self.rank, self.lists = step, rank, lists
 
@@ -382,10 +377,9 @@ class _KeepersOfPartition(beam.DoFn):
         for _n, packed in lists:
             for key, value in unpack(packed):
                 groups.setdefault(key, []).append(value)
-        sizes = key_sizes(self.step)
         out = []
         for key, values in groups.items():
-            sizes.update(len(values))
+            self.tally.key_size(self.step, len(values))
             keeper = min(values, key=self.rank)
             out += [(key, v, keeper) for v in values]
         if self.lists:
@@ -394,12 +388,12 @@ class _KeepersOfPartition(beam.DoFn):
             yield from out
 
 
-class _KeeperOnly(beam.DoFn):
+class _KeeperOnly(CountingDoFn):
     """A hot key's keeper; hot keys are counted, their size is not a group's."""
 
     hot_keys = counter("hot_keys")
 
     def process(self, kv):
-        self.hot_keys.inc()
+        self.tally.count(self.hot_keys)
         key, (keeper, _n) = kv
         yield key, keeper

@@ -44,7 +44,7 @@ from pipelines.grouping import KeeperListsPerKey, pack, unpack, windowed
 from pipelines.records import IMAGE, EvalImage, ImageInfo, Verdict
 from pipelines.sizing import (FLUSH_FOUND, LIMIT, MAX_GROUP, MAX_TABLES, MIX, TARGET_GROUP, phash_partitions,
                               sha256_partitions)
-from pipelines.counters import key_sizes
+from pipelines.counters import CountingDoFn, count_in
 from wit.core.shardformat import Status
 from wit.core.errors import ErrorKind
 
@@ -319,13 +319,11 @@ class ImageDedup(beam.PTransform):
         found = exact[_FOUND]
         if tables is not None:
             partitions = phash_partitions(self.images)
-            near = (
-                exact.kept
-                | "TableEntries" >> beam.ParDo(_TableEntries(tables, partitions))
-                | "GroupTablePartition" >> beam.GroupByKey()
-                | "NearInPartition" >> beam.ParDo(_NearInPartition(tables, partitions, self.threshold, self.refs,
-                                                                   self.limit))
-            )
+            grouped = (exact.kept
+                       | "TableEntries" >> beam.ParDo(_TableEntries(tables, partitions))
+                       | "GroupTablePartition" >> beam.GroupByKey())
+            near = count_in(grouped, "NearInPartition",
+                            _NearInPartition(tables, partitions, self.threshold, self.refs, self.limit))
             found = (found, near) | "AllFound" >> beam.Flatten()
         return found | "BestPerShard" >> beam.ParDo(_BestPerShard())
 
@@ -465,7 +463,7 @@ class _TableEntries(beam.DoFn):
                 yield windowed(((table, p), pack(to_wire(take(g, np.flatnonzero(where == p))))))
 
 
-class _NearInPartition(beam.DoFn):
+class _NearInPartition(CountingDoFn):
     """The members of one table partition, and the evaluation images whose keys fall in it, compared."""
 
     def __init__(self, tables: Tables, partitions: int, threshold: int, refs: Sequence[EvalImage], limit: int):
@@ -480,8 +478,8 @@ class _NearInPartition(beam.DoFn):
         r = self.ref_group
         mine = np.flatnonzero(partition_of(r.phash & np.uint64(mask), table, self.partitions) == p)
         g = join(Group, [from_wire(unpack(part)) for part in parts] + [take(r, mine)])
-        key_sizes("phash_partition").update(len(g.uid))
+        self.tally.key_size("phash_partition", len(g.uid))
         found, largest = group_found(g, mask, self.threshold, self.limit, ranked=False)
-        key_sizes("phash_group").update(largest)
+        self.tally.key_size("phash_group", largest)
         if len(found.uid):
             yield found

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from pipelines import querylist
 from pipelines.sizing import MIX
-from pipelines.counters import counter
+from pipelines.counters import CountingDoFn, count_in, counter
 from wit.core.runner import relax_gc
 from wit.core.text import match_form
 
@@ -483,10 +483,10 @@ class MatchQueries(beam.PTransform):
         self.queries, self.files = queries, tuple(files)
 
     def expand(self, batches):
-        return batches | "MatchBatch" >> beam.ParDo(_MatchBatch(self.queries, self.files))
+        return count_in(batches, "MatchBatch", _MatchBatch(self.queries, self.files))
 
 
-class _MatchBatch(beam.DoFn):
+class _MatchBatch(CountingDoFn):
     """The matcher works a batch at a time: per caption it would spend more on the call than the match."""
 
     matched, unmatched = counter("matched"), counter("unmatched")
@@ -506,5 +506,5 @@ class _MatchBatch(beam.DoFn):
             if ids:
                 hits += 1
                 yield c.caption, c.url, ids, index.get(c.source, -1), c.row, c.additional
-        self.matched.inc(hits)
-        self.unmatched.inc(len(batch) - hits)
+        self.tally.count(self.matched, hits)
+        self.tally.count(self.unmatched, len(batch) - hits)

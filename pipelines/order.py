@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from pipelines.grouping import ListsPerKey, unpack
 from pipelines.records import PAIR, SELECTED, Selected, id_counts, ids_of
-from pipelines.counters import key_sizes
+from pipelines.counters import CountingDoFn, count_in
 from wit.core import fileio, shardformat
 from wit.core.runner import relax_gc
 from wit.core.shardformat import Sample, Status, keys_for
@@ -147,15 +147,12 @@ class AssignShards(beam.PTransform):
             | "BucketDict" >> beam.combiners.ToDict()
             | "Offsets" >> beam.Map(bucket_offsets)
         )
-        return (
-            by_bucket
-            | "GroupBucket" >> beam.GroupByKey()
-            | "WriteBucket" >> beam.ParDo(_WriteBucket(self.out, self.shard_size, self.files, self.additional),
-                                          beam.pvalue.AsSingleton(offsets))
-        )
+        return count_in(by_bucket | "GroupBucket" >> beam.GroupByKey(), "WriteBucket",
+                        _WriteBucket(self.out, self.shard_size, self.files, self.additional),
+                        beam.pvalue.AsSingleton(offsets))
 
 
-class _WriteBucket(beam.DoFn):
+class _WriteBucket(CountingDoFn):
     def __init__(self, out: str, shard_size: int, files: Sequence[str] = (), additional: Sequence[str] = ()):
         self.out, self.shard_size, self.files, self.additional = out, shard_size, files, additional
 
@@ -165,7 +162,7 @@ class _WriteBucket(beam.DoFn):
     def process(self, item, offsets):
         bucket, lists = item
         members = ranked(m for _n, packed in lists for m in unpack(packed))
-        key_sizes("order_bucket").update(len(members))
+        self.tally.key_size("order_bucket", len(members))
         write_bucket(self.out, bucket, offsets[bucket], members, self.shard_size, self.files, self.additional)
         yield bucket, offsets[bucket], len(members)
 
@@ -178,10 +175,10 @@ class ReadPlan(beam.PTransform):
         self.out, self.shard_size = out, shard_size
 
     def expand(self, shards):
-        return shards | "ReadShard" >> beam.ParDo(_ReadShard(self.out, self.shard_size))
+        return count_in(shards, "ReadShard", _ReadShard(self.out, self.shard_size))
 
 
-class _ReadShard(beam.DoFn):
+class _ReadShard(CountingDoFn):
     def __init__(self, out: str, shard_size: int):
         self.out, self.shard_size = out, shard_size
 
@@ -190,5 +187,5 @@ class _ReadShard(beam.DoFn):
 
     def process(self, shard: int):
         samples = read_shard(self.out, shard, self.shard_size, self.index)
-        key_sizes("shard").update(len(samples))
+        self.tally.key_size("shard", len(samples))
         yield shard, samples

@@ -3,10 +3,11 @@
 The plan's last step writes DIR/query_counts.tsv and leaves the per-query
 distributions, the first rejected rows and the number of shards in
 DIR/plan/_details.json (`PlanDetails`); the driver adds the stage counts and
-key sizes (Beam metrics, see `pipelines.counters`) once each job has finished:
-DIR/plan/_plan.json (`Plan`) after the plan, DIR/stats.json (`RunStats`) after
-the download. Each file has its dataclass here, which writes and reads it.
-Everything here is bounded by the number of queries, not of pairs.
+key sizes, which each job writes as data (`_counts.json`, see
+`pipelines.counters`), once each job has finished: DIR/plan/_plan.json
+(`Plan`) after the plan, DIR/stats.json (`RunStats`) after the download. Each
+file has its dataclass here, which writes and reads it. Everything here is
+bounded by the number of queries, not of pairs.
 """
 
 from __future__ import annotations

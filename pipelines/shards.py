@@ -16,7 +16,7 @@ import apache_beam as beam
 
 from pipelines.imagededup import shard_verdicts
 from pipelines.records import EvalImage, Verdict
-from pipelines.counters import counter, eval_set_counter, key_sizes
+from pipelines.counters import CountingDoFn, count_in, counter, eval_set_count
 from wit.core import fileio, shardformat
 from wit.core.shardformat import STATUSES, Sample, Status
 
@@ -46,20 +46,12 @@ class WriteShards(beam.PTransform):
 
     def expand(self, inputs):
         shards, verdicts = inputs
-        return (
-            {"shard": shards | "ShardKey" >> beam.Map(lambda s: (s, None)), "verdicts": verdicts}
-            | "JoinVerdicts" >> beam.CoGroupByKey()
-            | "WriteShard" >> beam.ParDo(WriteShard(self.out, self.finished, self.refs))
-        )
+        joined = ({"shard": shards | "ShardKey" >> beam.Map(lambda s: (s, None)), "verdicts": verdicts}
+                  | "JoinVerdicts" >> beam.CoGroupByKey())
+        return count_in(joined, "WriteShard", WriteShard(self.out, self.finished, self.refs))
 
 
-def _verdicts_of(joined, refs: Sequence[EvalImage], key_digits: int) -> dict[str, Verdict]:
-    lists = list(joined["verdicts"])
-    key_sizes("shard_verdicts").update(sum(n for n, _packed in lists))
-    return shard_verdicts(lists, refs, key_digits)
-
-
-class WriteShard(beam.DoFn):
+class WriteShard(CountingDoFn):
     """(shard, {"shard": ..., "verdicts": [...]}) in; the shard written unless it was finished before."""
 
     statuses = {s: counter(s.value) for s in STATUSES}
@@ -75,16 +67,18 @@ class WriteShard(beam.DoFn):
             stats = json.loads(fileio.read_bytes(p.stats))
         else:
             staged = shardformat.read_samples(p.staging)
-            verdicts = _verdicts_of(joined, self.refs, len(staged[0].key) if staged else 0)
+            lists = list(joined["verdicts"])
+            self.tally.key_size("shard_verdicts", sum(n for n, _packed in lists))
+            verdicts = shard_verdicts(lists, self.refs, len(staged[0].key) if staged else 0)
             samples = apply_verdicts(staged, verdicts)
-            self.degenerate.inc(sum(v.degenerate for v in verdicts.values()))
+            self.tally.count(self.degenerate, sum(v.degenerate for v in verdicts.values()))
             for v in verdicts.values():
                 if v.source:
-                    eval_set_counter(v.source).inc()
+                    self.tally.count(eval_set_count(v.source))
             stats = shardformat.write_shard(self.out, shard, samples)
             fileio.delete_if_exists(p.staging)
-        for status, c in self.statuses.items():
-            c.inc(shardformat.status_count(stats, status))
+        for status, name in self.statuses.items():
+            self.tally.count(name, shardformat.status_count(stats, status))
         yield shard, shardformat.status_count(stats, Status.SUCCESS)
 
 

@@ -30,7 +30,7 @@ from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from pipelines.grouping import KeeperPerKey, Smallest
 from pipelines.sizing import MAX_GROUP
-from pipelines.counters import counter
+from pipelines.counters import CountingDoFn, count_in, counter
 from wit.core import fileio
 from wit.core.text import match_form
 
@@ -126,18 +126,15 @@ class CaptionDedup(beam.PTransform):
             | "KeeperPerBand" >> KeeperPerKey("caption_band", _priority, self.max_group, self.partitions)
             | "DropNearKeeper" >> beam.FlatMap(lambda item: _drop(item[1], item[2], t))
             | "DropByUid" >> beam.Map(lambda d: (d.uid, d))
-            | "OneDropPerUid" >> beam.CombinePerKey(Smallest(_strongest, "caption_drops"))
-            | "DropOnly" >> beam.Map(lambda kv: (kv[0], kv[1][0]))
+            | "OneDropPerUid" >> beam.CombinePerKey(Smallest(_strongest))
         )
+        dropped = count_in(dropped, "DropOnly", _DropOnly())
         _ = (dropped
              | "ReportLine" >> beam.Map(lambda kv: _report_line(kv[1]))
              | "CaptionReport" >> beam.io.WriteToText(fileio.join(self.out, CAPTION_REPORT), file_name_suffix=".tsv",
                                                       header=CAPTION_REPORT_HEADER))
-        return (
-            {"pair": pairs, "dropped": dropped}
-            | "JoinCaptionDrops" >> beam.CoGroupByKey()
-            | "KeepUndropped" >> beam.ParDo(_KeepUndropped())
-        )
+        joined = {"pair": pairs, "dropped": dropped} | "JoinCaptionDrops" >> beam.CoGroupByKey()
+        return count_in(joined, "KeepUndropped", _KeepUndropped())
 
 
 def _drop(member: CaptionSketch, keeper: CaptionSketch, threshold: float) -> list[Dropped]:
@@ -151,13 +148,22 @@ def _strongest(d: Dropped) -> tuple[float, str]:
     return -d.similarity, d.kept_uid
 
 
-class _KeepUndropped(beam.DoFn):
+class _DropOnly(CountingDoFn):
+    """A caption's strongest drop; how many keepers dropped it is the size of its key."""
+
+    def process(self, kv):
+        uid, (drop, n) = kv
+        self.tally.key_size("caption_drops", n)
+        yield uid, drop
+
+
+class _KeepUndropped(CountingDoFn):
     dropped = counter("caption_near_duplicates")
 
     def process(self, item):
         uid, joined = item
         if joined["dropped"]:
-            self.dropped.inc(len(joined["pair"]))
+            self.tally.count(self.dropped, len(joined["pair"]))
             return
         for pair in joined["pair"]:
             yield uid, pair

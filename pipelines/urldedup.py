@@ -26,7 +26,7 @@ import apache_beam as beam
 from pipelines.grouping import CombineInPartitions, spread
 from pipelines.records import PAIR, Pair, id_count
 from pipelines.sizing import MAX_CAPTIONS
-from pipelines.counters import counter, key_sizes
+from pipelines.counters import CountingDoFn, count_in, counter
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -128,7 +128,6 @@ class OnePerUrl(beam.CombineFn):
 
     def extract_output(self, acc):
         best, n, captions, more = acc
-        key_sizes("url").update(n)
         return best, n, (1 if captions is None else len(captions)) + more
 
 
@@ -142,20 +141,18 @@ class DedupUrls(beam.PTransform):
 
     def expand(self, pairs):
         n = self.partitions
-        return (
-            pairs
-            | "OnePerUrl" >> CombineInPartitions(OnePerUrl(), lambda p: normalize_url(p[PAIR.URL]),
-                                                 lambda url: spread(url, n), "url_partition")
-            | "CountDuplicates" >> beam.ParDo(_CountDuplicates())
-        )
+        best = pairs | "OnePerUrl" >> CombineInPartitions(OnePerUrl(), lambda p: normalize_url(p[PAIR.URL]),
+                                                          lambda url: spread(url, n), "url_partition")
+        return count_in(best, "CountDuplicates", _CountDuplicates())
 
 
-class _CountDuplicates(beam.DoFn):
+class _CountDuplicates(CountingDoFn):
     kept, repeats, others = counter("unique_pairs"), counter("duplicate_pairs"), counter("duplicate_urls")
 
     def process(self, item):
         norm_url, (best, n, captions) = item
-        self.kept.inc()
-        self.repeats.inc(n - captions)
-        self.others.inc(captions - 1)
+        self.tally.key_size("url", n)
+        self.tally.count(self.kept)
+        self.tally.count(self.repeats, n - captions)
+        self.tally.count(self.others, captions - 1)
         yield uid_for(norm_url), best  # a plain tuple, as Beam carries a Pair

@@ -41,7 +41,9 @@ def test_cap_must_be_positive():
 
 def _run_balance(matches, cap, seed, whole=frozenset(), unproven=()):
     """Beam's selection, its per-query counts and the largest number of pairs one query's bottom-k saw."""
-    from pipelines import counters
+    import tempfile
+
+    from tests.counting import run_counted
 
     pairs = [(uid, Pair(f"caption {uid}", f"http://x/{uid}", pack_ids(qs))) for uid, qs in matches.items()]
     p = beam.Pipeline("DirectRunner")
@@ -54,9 +56,8 @@ def _run_balance(matches, cap, seed, whole=frozenset(), unproven=()):
     assert_that(selected | beam.FlatMap(lambda batch: [(uid, ids) for uid, _pair, ids in batch]),
                 equal_to(sorted(select(matches, cap, seed).items())), label="Selection")
     assert_that(matched, equal_to(sorted(expected_matched.items())), label="Matched")
-    result = p.run()
-    result.wait_until_finish()
-    return counters.key_sizes_from_metrics(result)["query_topk"]
+    with tempfile.TemporaryDirectory() as folder:
+        return run_counted(p, folder).key_sizes["query_topk"]
 
 
 def test_beam_balance_equals_the_reference_and_bounds_each_query():

@@ -313,20 +313,48 @@ def test_a_query_left_unproven_is_balanced_again_whole(built, tmp_path, monkeypa
 def test_a_plan_whose_counts_do_not_add_up_is_refused_and_made_again(built, tmp_path, monkeypatch):
     from pipelines import build as build_module
 
-    real = build_module.counters.from_metrics
+    real = build_module.counters.Counts.read
 
-    def lossy(result):  # as if a worker's bundle of pairs had been dropped between dedup and balancing
-        counts = real(result)
-        return {**counts, "selected": counts["selected"] - 5}
+    def lossy(path):  # as if a worker's bundle of pairs had been dropped between dedup and balancing
+        counts = real(path)
+        return replace(counts, stages={**counts.stages, "selected": counts.stages["selected"] - 5})
 
     out = tmp_path / "lossy"
-    monkeypatch.setattr(build_module.counters, "from_metrics", lossy)
+    monkeypatch.setattr(build_module.counters.Counts, "read", lossy)
     with pytest.raises(BuildError, match="counts do not add up.*run the build again"):
         run_build(replace(_opts(built["inputs"], out), plan_only=True), BEAM)
     assert not (out / "plan" / "_plan.json").exists()
-    monkeypatch.setattr(build_module.counters, "from_metrics", real)
+    monkeypatch.setattr(build_module.counters.Counts, "read", real)
     stats = run_build(replace(_opts(built["inputs"], out), plan_only=True), BEAM)
     assert stats.stages["selected"] == built["stats"].stages["selected"]
+
+
+class _Reported:
+    """A runner's metrics as a cluster may report them: every value twice (a retried task counted by each
+    attempt), or none at all (a job server that reports no job metrics)."""
+
+    def __init__(self, real, copies: int):
+        self.real, self.copies = real, copies
+
+    def query(self, filter=None):
+        return {kind: [r for r in results for _ in range(self.copies)]
+                for kind, results in self.real.query(filter).items()}
+
+
+@pytest.mark.parametrize("copies", [2, 0], ids=["doubled", "missing"])
+def test_the_stats_and_decisions_do_not_depend_on_the_runners_metrics(built, tmp_path, monkeypatch, copies):
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    real = fn_runner.RunnerResult.metrics
+    monkeypatch.setattr(fn_runner.RunnerResult, "metrics", lambda self: _Reported(real(self), copies))
+    out = tmp_path / "metrics"
+    stats = run_build(_opts(built["inputs"], out), BEAM)
+    clean = built["stats"]
+    assert stats.stages == clean.stages and stats.per_query_after_balancing == clean.per_query_after_balancing
+    assert stats.largest_keys.keys() == clean.largest_keys.keys()
+    assert stats.largest_keys["shard"] == clean.largest_keys["shard"] and stats.largest_keys["shard"]["keys"] > 0
+    assert stats.stages["selected"] > 0 and unbalanced(stats.stages) == []
+    assert _samples(out) == _samples(built["root"] / "a")
 
 
 def test_a_damaged_input_file_is_named_and_the_job_goes_on(built, tmp_path):

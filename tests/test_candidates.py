@@ -74,8 +74,8 @@ def test_the_read_stage_splits_candidates_from_rejects_and_counts_both(tmp_path)
     import apache_beam as beam
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipelines import counters
     from pipelines.candidates import ReadCandidates
+    from tests.counting import run_counted
 
     (tmp_path / "a.jsonl").write_text('{"url": "http://x/1.jpg", "caption": "one"}\nnot json\n')
     (tmp_path / "b.csv").write_text("url,caption\nhttp://x/2.jpg,two\nftp://x/3.jpg,three\n")
@@ -86,9 +86,7 @@ def test_the_read_stage_splits_candidates_from_rejects_and_counts_both(tmp_path)
                 label="Good")
     assert_that(bad | beam.Map(lambda r: (r.source.rsplit("/", 1)[-1], r.row)), equal_to([("a.jsonl", 1),
                                                                                          ("b.csv", 1)]), label="Bad")
-    result = p.run()
-    result.wait_until_finish()
-    counts = counters.from_metrics(result)
+    counts = run_counted(p, tmp_path).stages
     assert (counts["candidates"], counts["rejected_rows"]) == (4, 2)
 
 

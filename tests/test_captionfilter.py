@@ -8,6 +8,7 @@ from pipelines.build import BuildOptions, run_build
 from pipelines.candidates import Candidate
 from pipelines.captionfilter import FilterCaptions, long_enough
 from pipelines.fetch import FetchOptions
+from tests.counting import run_counted
 
 
 def test_words_are_counted_as_the_matcher_sees_them():
@@ -15,14 +16,12 @@ def test_words_are_counted_as_the_matcher_sees_them():
     assert not long_enough("  ...  ", 1) and long_enough("", 0)
 
 
-def test_the_stage_drops_and_counts_short_captions():
+def test_the_stage_drops_and_counts_short_captions(tmp_path):
     cands = [Candidate(f"http://x/{i}", c, "f", i) for i, c in enumerate(["a red circle", "red", "a big blue one"])]
     p = beam.Pipeline("DirectRunner")
     kept = p | beam.Create([cands]) | FilterCaptions(3)
     assert_that(kept | beam.FlatMap(lambda batch: [c.row for c in batch]), equal_to([0, 2]))
-    result = p.run()
-    result.wait_until_finish()
-    assert counters.from_metrics(result)["short_captions"] == 1
+    assert run_counted(p, tmp_path).stages["short_captions"] == 1
 
 
 def test_the_job_counts_the_drops_between_read_and_match(tmp_path):

@@ -38,3 +38,38 @@ def test_optional_counts_are_shown_only_when_they_counted_something():
     zero = {c.name: 0 for c in REGISTRY}
     assert not set(c.name for c in optional) & {c.name for c in counters.shown(zero)}
     assert {c.name for c in optional} <= {c.name for c in counters.shown({c.name: 1 for c in REGISTRY})}
+
+
+def test_a_bundles_tally_is_emitted_once_and_summed_into_the_counts_file(tmp_path):
+    import apache_beam as beam
+
+    from tests.counting import run_counted
+
+    class Count(counters.CountingDoFn):
+        def process(self, n):
+            self.tally.count("selected", n)
+            self.tally.key_size("shard", n)
+            self.tally.count(counters.eval_set_count("cifar"))
+            yield n
+
+    p = beam.Pipeline("DirectRunner")
+    _ = counters.count_in(p | beam.Create([3, 5, 0]), "Count", Count())
+    counted = run_counted(p, tmp_path)
+    assert counted.stages["selected"] == 8 and counted.stages["candidates"] == 0
+    assert list(counted.stages) == list(counters.NAMES)
+    assert counted.key_sizes == {"shard": {"keys": 3, "largest": 5, "mean": 2.67}}
+    assert counted.eval_sets == {"cifar": 3}
+
+
+def test_a_tally_refuses_names_that_are_not_registered():
+    tally = counters.Tally()
+    with pytest.raises(KeyError, match="REGISTRY"):
+        tally.count("no_such_count")
+    with pytest.raises(KeyError, match="GROUPINGS"):
+        tally.key_size("no_such_step", 1)
+    tally.count("matched", 2)
+    tally.count("matched", 0)
+    tally.key_size("url", 4)
+    tally.key_size("url", 1)
+    assert (tally.counts, tally.sizes) == ({"matched": 2}, {"url": [2, 5, 4]})
+    assert len(tally.outputs()) == 2 and (tally.counts, tally.sizes) == ({}, {})

@@ -67,6 +67,6 @@ def test_keeper_per_key_pairs_every_value_with_its_keys_smallest(max_group):
 
 
 def test_smallest_counts_what_it_saw():
-    fn = Smallest(lambda v: -v, None)
+    fn = Smallest(lambda v: -v)
     acc = fn.merge_accumulators([fn.add_input(fn.create_accumulator(), 3), fn.add_input(fn.create_accumulator(), 7)])
     assert acc == (7, 2)

@@ -147,8 +147,8 @@ def test_the_match_stage_keeps_matching_candidates_as_pairs_and_counts(tmp_path)
     import apache_beam as beam
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipelines import counters
     from pipelines.candidates import Candidate
+    from tests.counting import run_counted
     from pipelines.match import MatchQueries
     from pipelines.records import Pair, pack_ids
 
@@ -160,9 +160,7 @@ def test_the_match_stage_keeps_matching_candidates_as_pairs_and_counts(tmp_path)
     # each pair names its input file (by index in the build's sorted list) and row
     assert_that(pairs, equal_to([Pair("A red circle", "http://x/0", pack_ids((0, 1)), 1, 0),
                                  Pair("blue sky", "http://x/2", pack_ids((2,)), 1, 2)]))
-    result = p.run()
-    result.wait_until_finish()
-    counts = counters.from_metrics(result)
+    counts = run_counted(p, tmp_path).stages
     assert (counts["matched"], counts["unmatched"]) == (2, 2)
 
 

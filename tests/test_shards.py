@@ -4,7 +4,6 @@ import json
 
 import apache_beam as beam
 
-from pipelines import counters
 from pipelines.grouping import pack
 from pipelines.imagededup import found_rows
 from pipelines.records import EvalImage, Verdict
@@ -12,6 +11,7 @@ from pipelines.shards import WriteShards, apply_verdicts
 from wit.core import shardformat
 from wit.core.shardformat import Sample, Status
 from wit.core.errors import ErrorKind
+from tests.counting import run_counted
 
 
 def _staged(n: int) -> list[Sample]:
@@ -42,12 +42,11 @@ def test_write_shards_writes_staged_shards_and_counts_finished_ones_too(tmp_path
     p = beam.Pipeline("DirectRunner")
     _ = ((p | "Shards" >> beam.Create([0, 1]), p | "Verdicts" >> beam.Create(lists))
          | WriteShards(out, finished=frozenset({1}), refs=refs))
-    result = p.run()
-    result.wait_until_finish()
-    counts = counters.from_metrics(result)
+    counted = run_counted(p, tmp_path)
+    counts = counted.stages
     assert (counts["success"], counts["near_duplicate"], counts["eval_duplicate"], counts["failed_to_download"]) == \
         (1, 1, 1, 1)
-    assert counters.eval_sets_from_metrics(result) == {"cifar": 1}
+    assert counted.eval_sets == {"cifar": 1}
     stats = json.loads((tmp_path / "shards" / "00000_stats.json").read_text())
     assert stats["successes"] == 1 and stats["near_duplicate"] == 1 and stats["eval_duplicate"] == 1
     assert not (tmp_path / "_staging" / "00000.parquet").exists()
