@@ -24,7 +24,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 # Other Beam runners on loopback. Prism is built from the Go module proxy at the installed apache-beam's
-# version and kept in ENGINES; without Go, or if the proxy does not serve it, one line says so and its
+# version; a Spark cluster runs from PyPI's pyspark with Beam's job server resolved from Maven Central
+# (tests/engines.py prepares both). All are kept in ENGINES; what cannot be had is said in one line and its
 # tests are skipped.
 ENGINES ?= $(HOME)/.cache/wit-engines
 test-engines: $(STAMP)
@@ -36,7 +37,8 @@ test-engines: $(STAMP)
 				|| echo "Prism $$v could not be built (see $(ENGINES)/prism-$$v.log): its checks are skipped"; \
 		else echo "no Go toolchain: Prism's checks are skipped"; fi; \
 	fi; \
-	WIT_PRISM=$$dir/prism $(PY) -m pytest -q -m engines tests
+	WIT_ENGINES=$(ENGINES) $(PY) -m tests.engines prepare; \
+	WIT_ENGINES=$(ENGINES) WIT_PRISM=$$dir/prism $(PY) -m pytest -q -m engines tests
 
 clean:
 	rm -rf $(VENV) wit-demo *.egg-info

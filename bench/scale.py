@@ -20,6 +20,12 @@ Goals: the largest key of each step flat as the pool grows 10x (within 1.2x),
 and at most 60 us of CPU per candidate.
 
     python bench/scale.py [--sizes 100000,1000000] [--modes in_memory,multi_processing]
+
+With --spark, the plan of the largest pool runs on a standalone Spark cluster of two one-core workers
+on loopback (tests/engines.py; `make test-engines` prepares it) and, beside it, on the local runner in the
+same virtualenv (apache-beam 2.62.0, which the Spark job server needs): wall time and CPU-seconds per candidate
+of each, and their ratio. CPU there is the whole machine's (/proc/stat, nothing else running), since the
+cluster's processes are not the launcher's children.
 """
 
 from __future__ import annotations
@@ -91,6 +97,37 @@ def run_plan(pool: str, queries: str, out: str, mode: str) -> dict:
     return {"stats": stats, "cpu": cpu, "wall": wall, "peak_mb": after.ru_maxrss / 1024}
 
 
+def machine_busy_seconds() -> float:
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def spark_versus_local(pool: str, queries: str, work: str, n: int) -> None:
+    from tests import engines
+
+    why = engines.spark_ready()
+    if why:
+        print(f"\nSpark: skipped ({why})")
+        return
+    runs = {}
+    with engines.SparkCluster(engines.Path(tempfile.mkdtemp(prefix="wit-spark-", dir=work))) as cluster:
+        for name, beam_args in (("local runner", ["--runner", "FnApiRunner"]), ("Spark, 2 workers", cluster.beam_args)):
+            out = os.path.join(work, f"out-{n}-{name.split()[0].lower()}")
+            subprocess.run(["rm", "-rf", out], check=True)
+            busy, start = machine_busy_seconds(), time.perf_counter()
+            engines.wit("build", "--candidates", pool, "--queries", queries, "--out", out, "--plan-only",
+                        "--no-progress", *beam_args, timeout=3600)
+            runs[name] = (time.perf_counter() - start, machine_busy_seconds() - busy,
+                          json.load(open(os.path.join(out, "stats.json")))["stages"])
+    print(f"\n{n:,} candidates, plan only, apache-beam {engines.BEAM}, machine CPU:")
+    for name, (wall, cpu, stages) in runs.items():
+        print(f"  {name:<17} {wall:7.1f}s wall  {cpu:7.1f} CPU-s  {1e6 * cpu / n:6.1f} us/candidate  "
+              f"{stages['selected']:,} selected")
+    (lw, lc, ls), (sw, sc, ss) = runs["local runner"], runs["Spark, 2 workers"]
+    print(f"  Spark / local: {sw / lw:.2f}x wall, {sc / lc:.2f}x CPU; same selection: {ls == ss}")
+
+
 def read_and_match(pool: str, queries: str) -> None:
     """The baseline, in a child process: read the pool and match its captions, the stages every plan starts
     with, and nothing else."""
@@ -122,6 +159,7 @@ def main() -> int:
     p.add_argument("--modes", default="in_memory,multi_processing")
     p.add_argument("--queries", type=int, default=500_000)
     p.add_argument("--work", help="folder for the pools and outputs (default: a temporary one)")
+    p.add_argument("--spark", action="store_true", help="also plan the largest pool on a Spark cluster")
     a = p.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
     work = a.work or tempfile.mkdtemp(prefix="wit-scale-")
@@ -178,6 +216,8 @@ def main() -> int:
             print(f"  {mode:<16} marginal ({r1['cpu']:.1f} - {r0['cpu']:.1f}) CPU-s / ({n1:,} - {n0:,}) = {us:.1f} "
                   f"us/candidate (fixed {fixed:.1f} CPU-s); x {FULL_SIZE:.1e} = {us * FULL_SIZE / 1e6:,.0f} CPU-s "
                   f"= {us * FULL_SIZE / 1e6 / 3600:,.0f} vCPU-hours")
+    if a.spark:
+        spark_versus_local(os.path.join(work, f"pool-{sizes[-1]}.parquet"), queries, work, sizes[-1])
     return 0
 
 

@@ -24,7 +24,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 log = logging.getLogger(__name__)
 
-LOCAL_RUNNER = "FnApiRunner"
+# Named by its class path: Beam before 2.7x knows no short name "FnApiRunner" (a Spark or Flink job server's
+# matching SDK may be one of those), and "FnApiRunner" given by the user is read as this.
+LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
 
 def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
@@ -32,10 +34,10 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     exact_data_plane()
     options = PipelineOptions(list(beam_args))
     standard = options.view_as(StandardOptions)
-    if standard.runner in (None, "DirectRunner"):
+    if standard.runner in (None, "DirectRunner", "FnApiRunner"):
         standard.runner = LOCAL_RUNNER
     if standard.runner == LOCAL_RUNNER:
-        log.info("running on Beam's %s (pid %d)", LOCAL_RUNNER, os.getpid())
+        log.info("running on Beam's FnApiRunner (pid %d)", os.getpid())
     return options
 
 
