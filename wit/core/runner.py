@@ -24,8 +24,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 log = logging.getLogger(__name__)
 
-# Named by its class path: Beam before 2.7x knows no short name "FnApiRunner" (a Spark or Flink job server's
-# matching SDK may be one of those), and "FnApiRunner" given by the user is read as this.
+# Named by its class path: Beam 2.62 (the SDK that matches the Spark job server Maven Central serves) knows no
+# short name "FnApiRunner"; "FnApiRunner" given by the user is read as this.
 LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
 
