@@ -24,8 +24,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 # Other Beam runners on loopback. Prism is built from the Go module proxy at the installed apache-beam's
-# version; a Spark cluster runs from PyPI's pyspark with Beam's job server resolved from Maven Central
-# (tests/engines.py prepares both). All are kept in ENGINES; what cannot be had is said in one line and its
+# version; a Spark cluster runs from PyPI's pyspark and a Flink session cluster from PyPI's apache-flink, each
+# with Beam's job server resolved from Maven Central (tests/engines.py prepares them). All are kept in ENGINES; what cannot be had is said in one line and its
 # tests are skipped.
 ENGINES ?= $(HOME)/.cache/wit-engines
 test-engines: $(STAMP)

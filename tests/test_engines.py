@@ -1,6 +1,6 @@
 """The build on other Beam runners against the in-process FnApiRunner on the same inputs: Prism (Beam's Go
-runner, built from the Go module proxy) and a standalone Spark cluster with Beam's job server
-(`tests/engines.py`), both prepared by `make test-engines`. Marked `engines`: the default suite leaves them
+runner, built from the Go module proxy), a standalone Spark cluster and a Flink session cluster, each with
+Beam's job server (`tests/engines.py`), all prepared by `make test-engines`. Marked `engines`: the default suite leaves them
 out, and each is skipped, with its reason, where what it needs was not prepared."""
 
 from __future__ import annotations
@@ -50,23 +50,28 @@ def test_prism_builds_the_same_bytes_and_counts_as_the_local_runner(web_server, 
     assert prism.stages == local.stages and prism.per_query_after_balancing == local.per_query_after_balancing
 
 
-# ---------------------------------------------------------------- Spark
+# ---------------------------------------------------------------- Spark and Flink
 
-SPARK_SKIP = engines.spark_ready()
+CLUSTERS = {"spark": (engines.SparkCluster, engines.spark_ready()),
+            "flink": (engines.FlinkCluster, engines.flink_ready())}
 BUILD_FLAGS = ["--per-query-cap", "40", "--shard-size", "200", "--image-size", "64", "--timeout", "1.2",
                "--retries", "1", "--retry-backoff", "0.01", "--allow-private-networks", "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def spark(tmp_path_factory):
-    with engines.SparkCluster(tmp_path_factory.mktemp("spark")) as cluster:
-        yield cluster
+@pytest.fixture(scope="module", params=sorted(CLUSTERS))
+def cluster(request, tmp_path_factory):
+    """Each engine's cluster in turn, started once for its tests and stopped after them."""
+    make, skip = CLUSTERS[request.param]
+    if skip:
+        pytest.skip(skip)
+    with make(tmp_path_factory.mktemp(request.param)) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def local_build(web_server, tmp_path_factory):
     """The inputs, and the build of them on the FnApiRunner by the engines' virtualenv (the same libraries as
-    the Spark workers: Pillow's and pyarrow's versions decide bytes too)."""
+    the clusters' SDK workers: Pillow's and pyarrow's versions decide bytes too)."""
     web, server = web_server
     root = tmp_path_factory.mktemp("inputs")
     web.write_candidates(str(root / "candidates.parquet"), server.base_url)
@@ -94,27 +99,24 @@ def _same_build(a: Path, b: Path) -> None:
     assert sa["largest_keys"]["shard"] == sb["largest_keys"]["shard"]
 
 
-@pytest.mark.skipif(bool(SPARK_SKIP), reason=SPARK_SKIP)
-def test_spark_builds_the_same_bytes_and_counts_as_the_local_runner(spark, local_build):
-    _wit_build(local_build, local_build / "spark", spark.beam_args)
-    _same_build(local_build / "local", local_build / "spark")
+def test_the_cluster_builds_the_same_bytes_and_counts_as_the_local_runner(cluster, local_build):
+    _wit_build(local_build, local_build / cluster.name, cluster.beam_args)
+    _same_build(local_build / "local", local_build / cluster.name)
 
 
-@pytest.mark.skipif(bool(SPARK_SKIP), reason=SPARK_SKIP)
-def test_a_bundle_that_fails_once_on_spark_is_counted_once(spark, local_build):
-    spark.fail_once_armed.touch()
-    _wit_build(local_build, local_build / "retried", spark.beam_args)
-    assert not spark.fail_once_armed.exists()  # a bundle failed after counting, and Spark ran it again
-    _same_build(local_build / "local", local_build / "retried")
+def test_a_bundle_that_fails_once_on_the_cluster_is_counted_once(cluster, local_build):
+    cluster.fail_once_armed.touch()
+    _wit_build(local_build, local_build / f"{cluster.name}-retried", cluster.beam_args)
+    assert not cluster.fail_once_armed.exists()  # a bundle failed after counting, and the engine ran it again
+    _same_build(local_build / "local", local_build / f"{cluster.name}-retried")
 
 
-@pytest.mark.skipif(bool(SPARK_SKIP), reason=SPARK_SKIP)
-def test_the_query_list_counted_on_spark_is_the_local_one(spark, tmp_path):
+def test_the_query_list_counted_on_the_cluster_is_the_local_one(cluster, tmp_path):
     dump = standard_dump(tmp_path / "enwiki-20240101-pages-articles1.xml.bz2")
     write_pageviews(tmp_path)
     wordnet = write_wordnet(tmp_path / "wordnet")
     lists = []
-    for name, beam_args in (("local", []), ("spark", spark.beam_args)):
+    for name, beam_args in (("local", []), (cluster.name, cluster.beam_args)):
         out = tmp_path / name
         engines.wit("queries", "build", "--out", str(out), "--wikipedia", str(dump), "--pageviews",
                     str(tmp_path / "pageviews-*"), "--wordnet", str(wordnet), "--target", "1000",
