@@ -1,7 +1,7 @@
 """The build on other Beam runners against the in-process FnApiRunner on the same inputs: Prism (Beam's Go
 runner, built from the Go module proxy), a standalone Spark cluster and a Flink session cluster, each with
-Beam's job server (`tests/engines.py`), all prepared by `make test-engines`. Marked `engines`: the default suite leaves them
-out, and each is skipped, with its reason, where what it needs was not prepared."""
+Beam's job server (`tests/engines.py`), all prepared by `make test-engines`. Marked `engines`: the default
+suite leaves them out, and each is skipped, with its reason, where what it needs was not prepared."""
 
 from __future__ import annotations
 
