@@ -143,6 +143,8 @@ class Downloader:
         self._in_ready: set[str] = set()
         self._queued = 0
         self._threads = 0
+        self._waiting = 0  # threads waiting in `_take`
+        self._starting = 0  # threads started that have not yet come to `_take`
         self._fixed: Optional[int] = None  # a limit set by --threads instead of the controller's
         self.in_flight = 0
         self.backlog = 0
@@ -184,9 +186,13 @@ class Downloader:
             self._in_ready.add(host)
 
     def _spawn(self) -> None:
-        """More fetch threads, up to the limit and the work there is (the lock held)."""
-        while self._threads < min(self.limit, self._queued + self.in_flight):
+        """One more fetch thread if every thread is fetching and the limit and the work allow (the lock
+        held). Each thread that takes a sample calls this again, so threads grow as fast as they start, and
+        only to the requests that can be in flight: a thread past them would only wake to wait again."""
+        if not self._waiting and not self._starting and \
+                self._threads < min(self.limit, self._queued + self.in_flight):
             self._threads += 1
+            self._starting += 1
             threading.Thread(target=self._fetcher, name=f"wit-fetch-{self._threads}", daemon=True).start()
 
     def _take(self) -> Optional[tuple[str, ShardJob, int]]:
@@ -207,15 +213,20 @@ class Downloader:
                     self._turn(host)
                     self._queued -= 1
                     self.in_flight += 1
+                    self._spawn()
                     if self._ready:
                         self._cond.notify()  # one waiter at a time, each passing it on: no herd of hundreds
                     return host, job, i
+                self._waiting += 1
                 if not self._queues and not self._queued:
-                    if not self._cond.wait(30.0) and not self._queued:  # idle: the thread goes
+                    woken = self._cond.wait(30.0)
+                    self._waiting -= 1
+                    if not woken and not self._queued:  # idle: the thread goes
                         self._threads -= 1
                         return None
                 else:
                     self._cond.wait(1.0)
+                    self._waiting -= 1
 
     def _release(self, host: str) -> None:
         with self._cond:
@@ -234,6 +245,8 @@ class Downloader:
     # ------------------------------------------------------------ fetching and processing
 
     def _fetcher(self) -> None:
+        with self._cond:
+            self._starting -= 1
         while (taken := self._take()) is not None:
             host, job, i = taken
             sample = job.samples[i]
