@@ -174,7 +174,7 @@ class Downloader:
                 self._turn(host)
             self._queued += len(job.samples)
             self._spawn()
-            self._cond.notify(len(job.samples))
+            self._wake()
         return job
 
     def _turn(self, host: str) -> None:
@@ -195,13 +195,24 @@ class Downloader:
             self._starting += 1
             threading.Thread(target=self._fetcher, name=f"wit-fetch-{self._threads}", daemon=True).start()
 
+    def _can_take(self) -> bool:
+        """Whether a fetch thread could start a sample now (the lock held)."""
+        return bool(self._ready) and self.in_flight < self.limit and \
+            self.backlog < self.processes * BACKLOG_PER_PROCESS
+
+    def _wake(self) -> None:
+        """Wake one waiting thread if it could start a sample (the lock held): a thread woken for nothing
+        costs two thread switches and a turn at the GIL, which is most of what the fetching process's
+        system time is (bench/download.py)."""
+        if self._waiting and self._can_take():
+            self._cond.notify()
+
     def _take(self) -> Optional[tuple[str, ShardJob, int]]:
         """The next sample to fetch, or None when the thread has had nothing to do for a while. Threads wait
         rather than end when the limit falls: it moves with every measurement, and starting threads costs."""
         with self._cond:
             while True:
-                if self._ready and self.in_flight < self.limit and \
-                        self.backlog < self.processes * BACKLOG_PER_PROCESS:
+                if self._can_take():
                     host = self._ready.popleft()
                     self._in_ready.discard(host)
                     queue = self._queues[host]
@@ -214,8 +225,7 @@ class Downloader:
                     self._queued -= 1
                     self.in_flight += 1
                     self._spawn()
-                    if self._ready:
-                        self._cond.notify()  # one waiter at a time, each passing it on: no herd of hundreds
+                    self._wake()  # one waiter at a time, each passing it on: no herd of hundreds
                     return host, job, i
                 self._waiting += 1
                 if not self._queues and not self._queued:
@@ -224,15 +234,15 @@ class Downloader:
                     if not woken and not self._queued:  # idle: the thread goes
                         self._threads -= 1
                         return None
-                else:
-                    self._cond.wait(1.0)
+                else:  # every change that lets a thread start wakes one; the timeout is a safety net
+                    self._cond.wait(5.0)
                     self._waiting -= 1
 
     def _release(self, host: str) -> None:
         with self._cond:
             self.in_flight -= 1
             self._spawn()
-            self._cond.notify()
+            self._wake()
         host_limits.give(host)  # `_host_free` puts the host back in turn
 
     def _host_free(self, host: str) -> None:
@@ -240,7 +250,7 @@ class Downloader:
         with self._cond:
             if host in self._queues:
                 self._turn(host)
-                self._cond.notify()
+                self._wake()
 
     # ------------------------------------------------------------ fetching and processing
 
@@ -273,7 +283,7 @@ class Downloader:
     def _processed(self, done: Optional[Processed], job: ShardJob, i: int, got: Fetched, retried: bool) -> None:
         with self._cond:
             self.backlog -= 1
-            self._cond.notify()
+            self._wake()
         if done is None:  # its decoding process died (a crash in a native library): one more try
             if not retried:
                 self._process(job, i, got, retried=True)

@@ -91,6 +91,19 @@ def test_a_fixed_threads_limit_bounds_the_requests_in_flight(slow_server):
     assert server.peak <= 5
 
 
+def test_fetch_threads_grow_to_what_can_be_in_flight_not_to_the_limit(slow_server):
+    """A quick server and one decoding process: bodies wait for the pool, so few requests can be in flight
+    whatever the adaptive limit allows, and threads past them would only wake to wait again."""
+    server, base = slow_server(default=0.0)
+    samples = [Sample(key=f"{i:05d}", uid=str(i), url=f"{base}/img/{i}.jpg", caption="c") for i in range(400)]
+    engine = Downloader(processes=1)
+    assert engine.limit >= 100  # before any measurement: a web-like latency
+    job = engine.submit(samples, OPTS, ResizeOptions(image_size=32))
+    assert job.done.wait(120)
+    assert [s.status.value for s in job.results] == ["success"] * 400
+    assert engine._threads <= 8 * download.BACKLOG_PER_PROCESS, engine._threads  # the limit would give ~200
+
+
 def test_decoding_runs_in_the_pool_processes(web_server):
     """The CPU work of a body runs in another process: the fetching process only waits for it."""
     _, server = web_server
