@@ -78,6 +78,17 @@ def test_staging_round_trip_keeps_images(tmp_path):
     assert io.BytesIO(fileio.read_bytes(path)).read(4) == b"PAR1"
 
 
+def test_a_shards_images_are_converted_in_slices_and_read_back_whole(tmp_path):
+    n = 2 * shards.IMAGES_PER_CHUNK + 1
+    samples = [Sample(key=f"{i:06d}", uid=str(i), url=f"http://x/{i}", caption="c",
+                      jpg=None if i % 7 == 0 else bytes([i % 251]) * (i % 300)) for i in range(n)]
+    table = shards.to_table(samples, shards.STAGING_SCHEMA)
+    assert table.column("jpg").num_chunks == 3  # each conversion holds the GIL: a slice at a time
+    path = str(tmp_path / "s.parquet")
+    shards.write_parquet(path, samples, shards.STAGING_SCHEMA)
+    assert [s.jpg for s in shards.read_samples(path)] == [s.jpg for s in samples]
+
+
 def test_status_dict_lists_a_bounded_number_of_messages(tmp_path):
     samples = [Sample(key=f"{i:06d}", uid=str(i), url=f"http://x/{i}", caption="c", status=Status.FAILED_TO_DOWNLOAD,
                       error_message=f"odd failure {i % (shards.MAX_MESSAGES + 50)}", error_kind=ErrorKind.OTHER)

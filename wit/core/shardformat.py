@@ -156,14 +156,24 @@ _ENUM_COLUMNS = frozenset({"status", "error_kind"})
 _TUPLE_COLUMNS = frozenset({"matched_query_ids", "selected_query_ids"})
 
 
+# Images converted to Arrow at a time: one conversion holds the GIL throughout, so a whole shard's images at
+# once stalled the downloading process's fetch threads (bench/download.py, figures in bench/RESULTS.md); in
+# slices the stall is short, and each slice's buffers are reused by the next.
+IMAGES_PER_CHUNK = 500
+
+
 def to_table(samples: Sequence[Sample], schema: pa.Schema) -> pa.Table:
-    columns = {}
+    columns: dict[str, object] = {}
     for name in schema.names:
         values = [getattr(s, name) for s in samples]
         if name in _ENUM_COLUMNS:
             values = [None if v is None else v.value for v in values]
         elif name in _TUPLE_COLUMNS:
             values = [list(v) for v in values]
+        elif name == "jpg" and len(values) > IMAGES_PER_CHUNK:
+            columns[name] = pa.chunked_array([pa.array(values[i:i + IMAGES_PER_CHUNK], pa.binary())
+                                              for i in range(0, len(values), IMAGES_PER_CHUNK)], pa.binary())
+            continue
         columns[name] = values
     table = pa.table(columns, schema=schema)
     names = list(dict.fromkeys(name for s in samples for name, _value in s.additional))
