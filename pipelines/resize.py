@@ -143,7 +143,7 @@ def _separable(src, rows, row_weights, cols, col_weights):  # pragma: no cover -
     taps name, then each output pixel that of the row's pixels its column taps name; float32, rounded to
     uint8 as OpenCV's saturate_cast rounds. Taps of weight 0 are padding. Three channels get a loop of their
     own, one accumulator each: the column pass is most of the cost, and the generic loop's gathers per channel
-    cost twice as much (bench/fetch.py, CPU per image)."""
+    cost twice as much (bench/download.py; figures in bench/RESULTS.md)."""
     h, w, c = src.shape
     th, tw = rows.shape[0], cols.shape[0]
     flat = src.reshape(h, w * c)
@@ -194,7 +194,7 @@ def perceptual_hash(img: Image.Image) -> int:
     """imagehash.phash of the image shrunk to 32x32 by area averaging, bit for bit, as an int. imagehash
     shrinks with Lanczos, the costliest step; shrinking first makes its own resize a no-op and gives an
     equally stable hash. Its steps are taken here without the no-op resize, the hex string and numpy's
-    general median: a quarter of its CPU (bench/fetch.py, CPU per image)."""
+    general median: a quarter of its CPU (bench/download.py; figures in bench/RESULTS.md)."""
     pixels = np.asarray(img.resize((32, 32), Image.Resampling.BOX).convert("L"))
     low = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)[:8, :8].ravel()
     middle = np.partition(low, (31, 32))
