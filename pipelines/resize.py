@@ -29,6 +29,7 @@ from typing import Optional
 
 import numba
 import numpy as np
+import pyarrow as pa
 import scipy.fftpack
 from PIL import Image, ImageOps
 
@@ -114,14 +115,28 @@ GREY_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "F")
 def _area_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV's INTER_AREA shrink of one axis as (dst, taps) input indices and weights: output pixel d is the
     mean of the input span [d*scale, (d+1)*scale), each input pixel weighted by the part of it inside
-    (overlaps under 1e-3 ignored, as OpenCV does; unused taps weigh 0)."""
+    (overlaps under 1e-3 ignored, as OpenCV does; unused taps weigh 0). Compiled: sizes vary from image to
+    image, so the cache rarely holds them, and numpy's many small steps cost a fifth of the kernel itself."""
+    return _area_taps_compiled(src, dst)
+
+
+@numba.njit(cache=True, nogil=True)
+def _area_taps_compiled(src, dst):  # pragma: no cover - compiled
     scale = src / dst
-    first = np.arange(dst) * scale
-    last = np.minimum(first + scale, src)
-    cols = np.floor(first).astype(np.int64)[:, None] + np.arange(int(np.ceil(scale)) + 1)[None, :]
-    overlap = np.minimum(cols + 1, last[:, None]) - np.maximum(cols, first[:, None])
-    weights = np.where((overlap > 1e-3) & (cols < src), overlap, 0.0) / (last - first)[:, None]
-    return np.minimum(cols, src - 1), weights.astype(np.float32)
+    span = int(np.ceil(scale)) + 1
+    cols = np.empty((dst, span), np.int64)
+    weights = np.empty((dst, span), np.float32)
+    for d in range(dst):
+        first = d * scale
+        last = min(first + scale, src)
+        start = int(np.floor(first))
+        for k in range(span):
+            col = start + k
+            overlap = min(col + 1, last) - max(col, first)
+            weight = overlap if overlap > 1e-3 and col < src else 0.0
+            weights[d, k] = weight / (last - first)
+            cols[d, k] = min(col, src - 1)
+    return cols, weights
 
 
 @lru_cache(maxsize=4096)
@@ -138,16 +153,17 @@ def _lanczos4_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(cache=True, nogil=True)
-def _separable(src, rows, row_weights, cols, col_weights):  # pragma: no cover - compiled
-    """src (h, w, c) -> (len(rows), len(cols), c): each output row the weighted sum of the input rows its
-    taps name, then each output pixel that of the row's pixels its column taps name; float32, rounded to
-    uint8 as OpenCV's saturate_cast rounds. Taps of weight 0 are padding. Three channels get a loop of their
-    own, one accumulator each: the column pass is most of the cost, and the generic loop's gathers per channel
-    cost twice as much (bench/download.py; figures in bench/RESULTS.md)."""
-    h, w, c = src.shape
+def _separable(src, c, rows, row_weights, cols, col_weights):  # pragma: no cover - compiled
+    """src (h, w, stride), its first c channels -> (len(rows), len(cols), c): each output row the weighted sum
+    of the input rows its taps name, then each output pixel that of the row's pixels its column taps name;
+    float32, rounded to uint8 as OpenCV's saturate_cast rounds. Taps of weight 0 are padding. The row pass
+    sums whole pixels, padding byte included (contiguous, so it vectorises). Three channels get a loop of
+    their own, one accumulator each: the column pass is most of the cost, and the generic loop's gathers per
+    channel cost twice as much (bench/download.py; figures in bench/RESULTS.md)."""
+    h, w, stride = src.shape
     th, tw = rows.shape[0], cols.shape[0]
-    flat = src.reshape(h, w * c)
-    line = np.empty(w * c, np.float32)
+    flat = src.reshape(h, w * stride)
+    line = np.empty(w * stride, np.float32)
     out = np.empty((th, tw, c), np.uint8)
     for y in range(th):
         line[:] = 0
@@ -155,14 +171,14 @@ def _separable(src, rows, row_weights, cols, col_weights):  # pragma: no cover -
             weight = row_weights[y, i]
             if weight != 0:
                 row = flat[rows[y, i]]
-                for k in range(w * c):
+                for k in range(w * stride):
                     line[k] += weight * row[k]
         if c == 3:
             for x in range(tw):
                 r, g, b = np.float32(0), np.float32(0), np.float32(0)
                 for j in range(cols.shape[1]):
                     weight = col_weights[x, j]
-                    at = cols[x, j] * 3
+                    at = cols[x, j] * stride
                     r += weight * line[at]
                     g += weight * line[at + 1]
                     b += weight * line[at + 2]
@@ -174,9 +190,27 @@ def _separable(src, rows, row_weights, cols, col_weights):  # pragma: no cover -
             for ch in range(c):
                 v = np.float32(0)
                 for j in range(cols.shape[1]):
-                    v += col_weights[x, j] * line[cols[x, j] * c + ch]
+                    v += col_weights[x, j] * line[cols[x, j] * stride + ch]
                 out[y, x, ch] = min(255, max(0, np.rint(v)))
     return out
+
+
+def _pixels(img: Image.Image) -> np.ndarray:
+    """The image's pixels as (h, w, stride) without a copy: Pillow hands out its own buffer through the Arrow
+    C data interface (RGB is stored 4 bytes a pixel, the fourth unused). np.asarray copies through tobytes,
+    which cost a fifth of a whole decode-and-resize (bench/download.py; figures in bench/RESULTS.md). An
+    image Pillow holds in several blocks (a very large one) cannot be handed out whole, and is copied; so is
+    one whose pixels Pillow borrows (made by frombuffer or fromarray: read-only), whose export crashes
+    Pillow 12 (python-pillow/Pillow#9896)."""
+    w, h = img.size
+    if img.readonly or img.mode not in ("RGB", "L"):
+        return np.asarray(img).reshape(h, w, -1)
+    try:
+        exported = pa.array(img)
+        values = exported.values if pa.types.is_fixed_size_list(exported.type) else exported
+        return values.to_numpy(zero_copy_only=True).reshape(h, w, -1)
+    except (ValueError, pa.ArrowException):
+        return np.asarray(img).reshape(h, w, -1)
 
 
 def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -185,9 +219,9 @@ def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     one compiled kernel applies either from its taps: within 1/255 of OpenCV, at the cost of Pillow's own."""
     (w, h), (tw, th) = img.size, size
     taps = _area_taps if tw <= w and th <= h else _lanczos4_taps
-    a = np.asarray(img)
-    out = _separable(np.ascontiguousarray(a).reshape(h, w, -1), *taps(h, th), *taps(w, tw))
-    return Image.fromarray(out.reshape(th, tw) if a.ndim == 2 else out, img.mode)
+    c = len(img.getbands())
+    out = _separable(_pixels(img), c, *taps(h, th), *taps(w, tw))
+    return Image.fromarray(out.reshape(th, tw) if c == 1 else out, img.mode)
 
 
 def perceptual_hash(img: Image.Image) -> int:

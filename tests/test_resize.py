@@ -6,8 +6,8 @@ from PIL import Image
 import imagehash
 import numpy as np
 
-from pipelines.resize import (ResizeError, ResizeOptions, _area_taps, _lanczos4_taps, _resized, perceptual_hash,
-                              resize_image)
+from pipelines.resize import (ResizeError, ResizeOptions, _area_taps, _lanczos4_taps, _pixels, _resized,
+                              perceptual_hash, resize_image)
 
 
 def _img(w, h, fmt="JPEG", mode="RGB", **save):
@@ -216,6 +216,46 @@ def test_shrinking_averages_exact_areas_as_opencvs_inter_area():
     assert np.asarray(_resized(row, (2, 3))).tolist() == [[30, 150]] * 3
     assert np.allclose(_dense(*_area_taps(4, 2), 4), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])  # whole pixels
 
+
+
+def _area_taps_by_numpy(src, dst):
+    """The rule of the docstring, spelled out in array operations."""
+    scale = src / dst
+    first = np.arange(dst) * scale
+    last = np.minimum(first + scale, src)
+    cols = np.floor(first).astype(np.int64)[:, None] + np.arange(int(np.ceil(scale)) + 1)[None, :]
+    overlap = np.minimum(cols + 1, last[:, None]) - np.maximum(cols, first[:, None])
+    weights = np.where((overlap > 1e-3) & (cols < src), overlap, 0.0) / (last - first)[:, None]
+    return np.minimum(cols, src - 1), weights.astype(np.float32)
+
+
+def test_compiled_area_taps_equal_the_array_rule_exactly():
+    for src in range(1, 700, 7):
+        for dst in sorted({1, 2, src // 3 or 1, src // 2 or 1, max(1, src - 1), src}):
+            cols, weights = _area_taps(src, dst)
+            expected_cols, expected_weights = _area_taps_by_numpy(src, dst)
+            assert np.array_equal(cols, expected_cols) and np.array_equal(weights, expected_weights), (src, dst)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_pixels_are_pillows_own_buffer_and_a_copy_when_it_is_split(mode):
+    shape = (53, 71, 3) if mode == "RGB" else (53, 71)
+    img = Image.fromarray(np.random.default_rng(5).integers(0, 256, shape, dtype=np.uint8), mode).copy()
+    expected = np.asarray(img).reshape(53, 71, -1)
+    shared = _pixels(img)
+    assert shared.shape[2] == (4 if mode == "RGB" else 1)  # Pillow's RGB has a padding byte
+    assert np.array_equal(shared[..., :expected.shape[2]], expected)
+    borrowed = Image.frombuffer(mode, img.size, img.tobytes(), "raw", mode, 0, 1)  # L: Pillow's export would crash
+    assert np.array_equal(_pixels(borrowed)[..., :expected.shape[2]], expected)
+    before = Image.core.get_block_size()
+    Image.core.set_block_size(4096)  # a very large image is held in several blocks: no single buffer
+    try:
+        split = img.copy()
+        copied = _pixels(split)
+        assert np.array_equal(copied, expected)
+        assert np.array_equal(np.asarray(_resized(split, (30, 20))), np.asarray(_resized(img, (30, 20))))
+    finally:
+        Image.core.set_block_size(before)
 
 def test_enlarging_is_lanczos_with_four_lobes_and_replicated_edges():
     m = _dense(*_lanczos4_taps(5, 10), 5)
