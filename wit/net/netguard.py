@@ -173,9 +173,9 @@ def resolve_allowed(host: str, port: int, policy: NetworkPolicy, deadline: Optio
 class _Watchdog:
     """Shuts the socket of an exchange that passed its deadline.
 
-    A socket timeout bounds each read, not the exchange: a server that drips its status line, its headers
-    or endless `100 Continue` lines a byte at a time, or stalls a TLS handshake, would hold a request as
-    long as it likes. One thread per process keeps the deadlines in a heap; a shut socket makes the
+    A socket timeout would bound each read, not the exchange: a server that drips its status line, its
+    headers or endless `100 Continue` lines a byte at a time, or stalls a TLS handshake, would hold a request
+    as long as it likes. One thread per process keeps the deadlines in a heap; a shut socket makes the
     blocked read return at once, and the caller, past its deadline, reports a timeout.
     """
 

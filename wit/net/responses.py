@@ -26,14 +26,16 @@ def get(pool: PoolManager, url: str, headers: dict[str, str], timeout: float,
 
     Errors are urllib3's own (retries=False), so `failure` sees what really happened; past the deadline,
     whatever broke is a `DeadlineExceeded`. The whole exchange (connect, TLS, status line, headers,
-    body) is under the deadline (`netguard.deadline`). Content is never decoded: a gzip body could expand
-    past the byte cap inside one read. A connection whose body was read to the end is kept alive; any
-    other is closed, so no leftover bytes reach the next request.
+    body) is under the deadline (`netguard.deadline`): its watchdog alone bounds the reads, so the socket
+    blocks without a timeout of its own (each read one system call, not a poll and then the read), and the
+    connect timeout bounds the connect, before there is a socket to shut. Content is never decoded: a gzip
+    body could expand past the byte cap inside one read. A connection whose body was read to the end is
+    kept alive; any other is closed, so no leftover bytes reach the next request.
     """
     remaining = min(timeout, max(0.01, deadline - time.monotonic()))
     with netguard.deadline(deadline):
         try:
-            resp = pool.request("GET", url, headers=headers, timeout=Timeout(connect=remaining, read=remaining),
+            resp = pool.request("GET", url, headers=headers, timeout=Timeout(connect=remaining, read=None),
                                 preload_content=False, decode_content=False, redirect=False, retries=False)
         except HTTPError as e:
             if time.monotonic() >= deadline and not isinstance(e, NameLookupFailed):
