@@ -3,6 +3,7 @@ import json
 import os
 import tarfile
 
+import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
@@ -78,15 +79,17 @@ def test_staging_round_trip_keeps_images(tmp_path):
     assert io.BytesIO(fileio.read_bytes(path)).read(4) == b"PAR1"
 
 
-def test_a_shards_images_are_converted_in_slices_and_read_back_whole(tmp_path):
-    n = 2 * shards.IMAGES_PER_CHUNK + 1
+@pytest.mark.parametrize("n", [0, 1, 2 * shards.IMAGES_PER_CHUNK + 1])
+def test_a_shards_images_are_staged_in_slices_and_read_back_whole(tmp_path, n):
     samples = [Sample(key=f"{i:06d}", uid=str(i), url=f"http://x/{i}", caption="c",
-                      jpg=None if i % 7 == 0 else bytes([i % 251]) * (i % 300)) for i in range(n)]
-    table = shards.to_table(samples, shards.STAGING_SCHEMA)
-    assert table.column("jpg").num_chunks == 3  # each conversion holds the GIL: a slice at a time
+                      jpg=None if i % 7 == 0 else bytes([i % 251]) * (i % 300),
+                      additional=(("note", None if i < shards.IMAGES_PER_CHUNK + 3 else i),)) for i in range(n)]
     path = str(tmp_path / "s.parquet")
     shards.write_parquet(path, samples, shards.STAGING_SCHEMA)
-    assert [s.jpg for s in shards.read_samples(path)] == [s.jpg for s in samples]
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_row_groups == -(-n // shards.IMAGES_PER_CHUNK)  # each slice of images its own row group
+    assert shards.read_samples(path) == samples
+    assert shards.read_parquet(path).column_names[:len(shards.STAGING_SCHEMA)] == shards.STAGING_SCHEMA.names
 
 
 def test_status_dict_lists_a_bounded_number_of_messages(tmp_path):

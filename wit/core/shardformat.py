@@ -19,7 +19,7 @@ import tarfile
 from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
-from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -156,9 +156,11 @@ _ENUM_COLUMNS = frozenset({"status", "error_kind"})
 _TUPLE_COLUMNS = frozenset({"matched_query_ids", "selected_query_ids"})
 
 
-# Images converted to Arrow at a time: one conversion holds the GIL throughout, so a whole shard's images at
-# once stalled the downloading process's fetch threads (bench/download.py, figures in bench/RESULTS.md); in
-# slices the stall is short, and each slice's buffers are reused by the next.
+# Images converted to Arrow, written and read at a time. One conversion holds the GIL throughout, so a whole
+# shard's images at once stalled the downloading process's fetch threads; and a column of a whole shard's
+# images is a fresh buffer of its full size, whose pages the kernel must zero first, which cost several times
+# the work itself. Slices stall briefly and reuse one slice's memory (bench/download.py, figures in
+# bench/RESULTS.md).
 IMAGES_PER_CHUNK = 500
 
 
@@ -170,20 +172,16 @@ def to_table(samples: Sequence[Sample], schema: pa.Schema) -> pa.Table:
             values = [None if v is None else v.value for v in values]
         elif name in _TUPLE_COLUMNS:
             values = [list(v) for v in values]
-        elif name == "jpg" and len(values) > IMAGES_PER_CHUNK:
-            columns[name] = pa.chunked_array([pa.array(values[i:i + IMAGES_PER_CHUNK], pa.binary())
-                                              for i in range(0, len(values), IMAGES_PER_CHUNK)], pa.binary())
-            continue
         columns[name] = values
     table = pa.table(columns, schema=schema)
     names = list(dict.fromkeys(name for s in samples for name, _value in s.additional))
     return additional_columns(table, names, [s.additional for s in samples]) if names else table
 
 
-def from_table(table: pa.Table) -> list[Sample]:
+def from_table(table: Union[pa.Table, pa.RecordBatch]) -> list[Sample]:
     """Samples from a shard's or the plan's Parquet; columns that are not Sample's own are additional ones."""
     out = []
-    extra = [name for name in table.column_names if name not in OWN_COLUMNS]
+    extra = [name for name in table.schema.names if name not in OWN_COLUMNS]
     for row in table.to_pylist():
         row["matched_query_ids"] = tuple(row.get("matched_query_ids") or ())
         row["selected_query_ids"] = tuple(row.get("selected_query_ids") or ())
@@ -197,15 +195,20 @@ def write_parquet(path: str, samples: Sequence[Sample], schema: pa.Schema) -> No
     """zstd for the metadata; the staging file's JPEG bytes are stored as they are (they do not compress, and
     compressing and decompressing them took a visible part of the time after the last response:
     bench/download.py)."""
-    table = to_table(samples, schema)
-    if "jpg" in schema.names:
-        compression = {name: "none" if name == "jpg" else "zstd" for name in table.column_names}
-        dictionary = [name for name in table.column_names if name != "jpg"]
+    if "jpg" not in schema.names:
         with fileio.atomic_open(path) as f:
-            pq.write_table(table, f, compression=compression, use_dictionary=dictionary)
+            pq.write_table(to_table(samples, schema), f, compression="zstd")
         return
-    with fileio.atomic_open(path) as f:
-        pq.write_table(table, f, compression="zstd")
+    at = schema.get_field_index("jpg")
+    meta = to_table(samples, schema.remove(at))
+    compression = {name: "zstd" for name in meta.column_names}
+    with fileio.atomic_open(path) as f, pq.ParquetWriter(f, meta.schema.insert(at, schema.field("jpg")),
+                                                         compression={**compression, "jpg": "none"},
+                                                         use_dictionary=meta.column_names) as writer:
+        for start in range(0, len(samples), IMAGES_PER_CHUNK):  # a row group per slice of images
+            part = samples[start:start + IMAGES_PER_CHUNK]
+            images = pa.array([s.jpg for s in part], pa.binary())
+            writer.write_table(meta.slice(start, len(part)).add_column(at, schema.field("jpg"), images))
 
 
 def read_parquet(path: str, columns: Optional[list[str]] = None) -> pa.Table:
@@ -213,7 +216,14 @@ def read_parquet(path: str, columns: Optional[list[str]] = None) -> pa.Table:
 
 
 def read_samples(path: str) -> list[Sample]:
-    return from_table(read_parquet(path))
+    """A staging file's samples, read IMAGES_PER_CHUNK rows at a time. Decoding a shard's image column whole
+    takes a fresh buffer of its full size, and the kernel's zeroing of those new pages cost several times the
+    decoding itself; slices reuse one slice's memory (bench/download.py; figures in bench/RESULTS.md)."""
+    f = pq.ParquetFile(pa.py_buffer(fileio.read_bytes(path)))
+    out: list[Sample] = []
+    for batch in f.iter_batches(batch_size=IMAGES_PER_CHUNK, use_threads=False):
+        out += from_table(batch)
+    return out
 
 
 MAX_MESSAGES = 1_000  # distinct error messages a shard's status_dict lists; the rest are counted together
