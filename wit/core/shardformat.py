@@ -270,6 +270,8 @@ def _template() -> tuple[bytes, int]:
 
 
 _HEADER, _HEADER_SUM = _template()
+_ZEROS = bytes(_BLOCK)
+_WRITE_SIZE = 1 << 20
 
 
 def _header(name: str, size: int) -> bytes:
@@ -290,16 +292,17 @@ def write_members(f: BinaryIO, members: Iterable[tuple[str, bytes]]) -> None:
     Not webdataset's TarWriter: importing webdataset imports torch, over a second of start-up that no
     dataset worker needs.
     """
-    offset = 0
+    offset, parts, pending = 0, [], 0
     for name, data in members:
         pad = -len(data) % _BLOCK
-        f.write(_header(name, len(data)))
-        f.write(data)
-        if pad:
-            f.write(bytes(pad))
-        offset += _BLOCK + len(data) + pad
-    offset += 2 * _BLOCK  # the end-of-archive blocks, then zeros up to a whole record, as tarfile pads
-    f.write(bytes(2 * _BLOCK + (-offset % tarfile.RECORDSIZE)))
+        parts += (_header(name, len(data)), data, _ZEROS[:pad])
+        pending += _BLOCK + len(data) + pad
+        if pending >= _WRITE_SIZE:  # a write per megabyte, not three per member (bench/write.py)
+            f.write(b"".join(parts))
+            offset, parts, pending = offset + pending, [], 0
+    offset += pending + 2 * _BLOCK  # the end-of-archive blocks, then zeros up to a whole record, as tarfile pads
+    parts.append(bytes(2 * _BLOCK + (-offset % tarfile.RECORDSIZE)))
+    f.write(b"".join(parts))
 
 
 def write_tar(path: str, samples: Sequence[Sample]) -> None:
