@@ -1,13 +1,9 @@
 import dataclasses
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from wit import cli
 from wit.cli import COMMANDS, _flags_of, main, parser
 from wit.core.options import flag, from_args
 
@@ -149,19 +145,3 @@ def test_a_workers_log_of_a_user_error_or_ctrl_c_is_left_to_wits_one_line():
     assert logged(ZeroDivisionError("a bug"))
     warning = logging.LogRecord("apache_beam", logging.WARNING, __file__, 1, "a warning", None, None)
     assert QuietUserErrors().filter(warning)
-
-
-def test_a_swallowed_ctrl_c_is_still_remembered():
-    """Code that catches everything on its way up cannot make an interrupted command look successful."""
-    before = signal.getsignal(signal.SIGINT)
-    with cli.Interrupts() as interrupts:
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(5)
-        except BaseException:  # what a careless cleanup path does
-            pass
-    assert interrupts.seen
-    assert signal.getsignal(signal.SIGINT) is before
-    with cli.Interrupts() as quiet:
-        pass
-    assert not quiet.seen

@@ -14,9 +14,7 @@ import difflib
 import importlib
 import itertools
 import logging
-import signal
 import sys
-import threading
 import traceback
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -42,30 +40,6 @@ class QuietUserErrors(logging.Filter):
             return True
         e = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
         return cause_of(e, KeyboardInterrupt) is None and user_error_under(e) is None
-
-
-class Interrupts:
-    """Ctrl-C raises KeyboardInterrupt as Python's own handler does, and is remembered: code that swallows the
-    exception on its way up (a cleanup path that catches everything) cannot turn an interrupted command into a
-    success."""
-
-    def __init__(self) -> None:
-        self.seen = False
-        self._before = None
-
-    def __enter__(self) -> "Interrupts":
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):  # not where it is ignored
-            self._before = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._before is not None:
-            signal.signal(signal.SIGINT, self._before)
-
-    def _handle(self, signum, frame) -> None:
-        self.seen = True
-        raise KeyboardInterrupt
 
 
 @dataclass(frozen=True)
@@ -199,11 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if extra:
             extra = beam_args(extra, _flags_of(p, cmd))
         run: Callable = cmd.load(cmd.run)
-        with Interrupts() as interrupts:
-            code = run(from_args(cmd.load(cmd.options), args), extra)
-            if interrupts.seen:
-                raise KeyboardInterrupt
-        return code
+        return run(from_args(cmd.load(cmd.options), args), extra)
     except (WitError, OSError) as e:
         if args.verbose:
             traceback.print_exc()
