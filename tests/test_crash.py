@@ -16,7 +16,10 @@ def _build(inputs: Path, out: Path) -> subprocess.Popen:
             "--queries", str(inputs / "queries.txt"), "--out", str(out), "--per-query-cap", "40",
             "--shard-size", "100", "--image-size", "64", "--threads", "16", "--timeout", "1.2", "--retries", "1",
             "--retry-backoff", "0.01", "--allow-private-networks", "--runner=DirectRunner"]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    # Ctrl-C's default action, whatever this process inherited: a shell starts a background job (`make test &`)
+    # with SIGINT ignored, and wit rightly leaves an ignored SIGINT ignored
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _finish(proc: subprocess.Popen) -> None:
