@@ -116,7 +116,7 @@ def _area_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV's INTER_AREA shrink of one axis as (dst, taps) input indices and weights: output pixel d is the
     mean of the input span [d*scale, (d+1)*scale), each input pixel weighted by the part of it inside
     (overlaps under 1e-3 ignored, as OpenCV does; unused taps weigh 0). Compiled: sizes vary from image to
-    image, so the cache rarely holds them, and numpy's many small steps cost a fifth of the kernel itself."""
+    image, so the cache rarely holds them, and numpy's many small steps cost a sixth of the kernel itself."""
     return _area_taps_compiled(src, dst)
 
 
@@ -198,7 +198,7 @@ def _separable(src, c, rows, row_weights, cols, col_weights):  # pragma: no cove
 def _pixels(img: Image.Image) -> np.ndarray:
     """The image's pixels as (h, w, stride) without a copy: Pillow hands out its own buffer through the Arrow
     C data interface (RGB is stored 4 bytes a pixel, the fourth unused). np.asarray copies through tobytes,
-    which cost a fifth of a whole decode-and-resize (bench/download.py; figures in bench/RESULTS.md). An
+    which cost a quarter of the kernel's own time (bench/download.py; figures in bench/RESULTS.md). An
     image Pillow holds in several blocks (a very large one) cannot be handed out whole, and is copied; so is
     one whose pixels Pillow borrows (made by frombuffer or fromarray: read-only), whose export crashes
     Pillow 12 (python-pillow/Pillow#9896)."""

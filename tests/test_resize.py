@@ -217,7 +217,6 @@ def test_shrinking_averages_exact_areas_as_opencvs_inter_area():
     assert np.allclose(_dense(*_area_taps(4, 2), 4), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])  # whole pixels
 
 
-
 def _area_taps_by_numpy(src, dst):
     """The rule of the docstring, spelled out in array operations."""
     scale = src / dst
@@ -256,6 +255,7 @@ def test_pixels_are_pillows_own_buffer_and_a_copy_when_it_is_split(mode):
         assert np.array_equal(np.asarray(_resized(split, (30, 20))), np.asarray(_resized(img, (30, 20))))
     finally:
         Image.core.set_block_size(before)
+
 
 def test_enlarging_is_lanczos_with_four_lobes_and_replicated_edges():
     m = _dense(*_lanczos4_taps(5, 10), 5)
