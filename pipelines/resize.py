@@ -203,14 +203,14 @@ def _pixels(img: Image.Image) -> np.ndarray:
     one whose pixels Pillow borrows (made by frombuffer or fromarray: read-only), whose export crashes
     Pillow 12 (python-pillow/Pillow#9896)."""
     w, h = img.size
-    if img.readonly or img.mode not in ("RGB", "L"):
-        return np.asarray(img).reshape(h, w, -1)
-    try:
-        exported = pa.array(img)
-        values = exported.values if pa.types.is_fixed_size_list(exported.type) else exported
-        return values.to_numpy(zero_copy_only=True).reshape(h, w, -1)
-    except (ValueError, pa.ArrowException):
-        return np.asarray(img).reshape(h, w, -1)
+    if not img.readonly and img.mode in ("RGB", "L"):
+        try:
+            exported = pa.array(img)
+            values = exported.values if pa.types.is_fixed_size_list(exported.type) else exported
+            return values.to_numpy(zero_copy_only=True).reshape(h, w, -1)
+        except (ValueError, pa.ArrowException):
+            pass  # held in several blocks
+    return np.asarray(img).reshape(h, w, -1)
 
 
 def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
