@@ -145,3 +145,18 @@ def test_a_workers_log_of_a_user_error_or_ctrl_c_is_left_to_wits_one_line():
     assert logged(ZeroDivisionError("a bug"))
     warning = logging.LogRecord("apache_beam", logging.WARNING, __file__, 1, "a warning", None, None)
     assert QuietUserErrors().filter(warning)
+
+
+def test_entry_exits_with_the_commands_status_and_freezes_what_it_left(monkeypatch):
+    import gc
+
+    from wit import cli
+
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.entry()
+        assert e.value.code == 3
+        assert gc.get_freeze_count() > 0  # the collection at exit has nothing left to walk
+    finally:
+        gc.unfreeze()
