@@ -8,23 +8,33 @@ thread per worker reads the results back and calls the task's callback.
 
 A worker that dies (a crash in a native decoder) is replaced; the tasks it held
 are called back with None, and the downloader tries each once more.
+
+The same processes take other CPU work of the job (`call`): writing a shard
+holds the GIL for most of its time, so threads of the job's process would write
+one shard at a time, while these cores are idle once the download has ended.
+A worker imports what those calls need (`IDLE_IMPORTS`) the first time it waits
+for work a while, which is at the download's end, not in its busiest part.
 """
 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import functools
 import hashlib
+import importlib
 import itertools
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
+import socket
 import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from pipelines.resize import ResizeError, ResizeOptions, Resized, resize_image
 from wit.core.errors import ErrorKind
@@ -54,33 +64,79 @@ def process_body(data: bytes, opts: ResizeOptions) -> Processed:
     return Processed(sha256, image, cpu_seconds=time.process_time() - started)
 
 
-_HEADER = struct.Struct("<Q")  # the task number; the pickled options follow it
+def cores() -> int:
+    affinity = getattr(os, "sched_getaffinity", None)  # the cores this process may use, in a container too
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+# The modules of the job's calls: writing a shard (its writer imports Beam's filesystems), and after how
+# long without work a worker imports them.
+IDLE_IMPORTS = ("pipelines.shards",)
+IDLE_SECONDS = 1.0
+
+_HEADER = struct.Struct("<QB")  # the task number and kind; a body's pickled options follow it
+_BODY, _CALL = 0, 1
+
+
+@dataclass(frozen=True)
+class _Returned:
+    """What a `call` gave: its value, or the exception it raised."""
+
+    value: Any = None
+    error: Optional[BaseException] = None
+
+
+def _run_call(message: bytes) -> _Returned:
+    try:
+        fn, args = pickle.loads(message)
+        return _Returned(fn(*args))
+    except Exception as e:
+        try:
+            pickle.loads(pickle.dumps(e))  # some exceptions pickle but cannot be rebuilt from their args
+        except Exception:
+            e = RuntimeError(f"{type(e).__name__}: {e}")
+        return _Returned(error=e)
 
 
 def _worker_main(conn) -> None:
-    """A worker's loop: (header [+ options], body) in, (task number, Processed) out, until the pipe closes."""
+    """A worker's loop: (header [+ options], body or call) in, (task number, result) out, until the pipe
+    closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     options: dict[bytes, ResizeOptions] = {}
+    imported = False
     while True:
         try:
+            if not imported and not conn.poll(IDLE_SECONDS):
+                for name in IDLE_IMPORTS:
+                    importlib.import_module(name)
+                imported = True
             head = conn.recv_bytes()
             body = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        (token,) = _HEADER.unpack_from(head)
-        key = head[_HEADER.size:]
-        opts = options.get(key)
-        if opts is None:
-            opts = options[key] = pickle.loads(key)
+        token, kind = _HEADER.unpack_from(head)
+        if kind == _CALL:
+            result = _run_call(body)
+        else:
+            result = _processed(body, head[_HEADER.size:], options)
         try:
-            result = process_body(body, opts)
-        except Exception as e:  # a bug in the processing: the sample records it
-            result = Processed(hashlib.sha256(body).hexdigest(), error_kind=ErrorKind.OTHER,
-                               error=f"{type(e).__name__}: {e}")
-        conn.send_bytes(pickle.dumps((token, result), protocol=pickle.HIGHEST_PROTOCOL))
+            conn.send_bytes(pickle.dumps((token, result), protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:  # the parent closed the pipe (it is exiting): nobody wants the result
+            return
 
 
-Callback = Callable[[Optional[Processed]], None]
+def _processed(body: bytes, key: bytes, options: dict[bytes, ResizeOptions]) -> Processed:
+    opts = options.get(key)
+    if opts is None:
+        opts = options[key] = pickle.loads(key)
+    try:
+        return process_body(body, opts)
+    except Exception as e:  # a bug in the processing: the sample records it
+        return Processed(hashlib.sha256(body).hexdigest(), error_kind=ErrorKind.OTHER,
+                         error=f"{type(e).__name__}: {e}")
+
+
+Callback = Callable[[Optional[Any]], None]
 
 
 @functools.lru_cache(maxsize=16)
@@ -114,10 +170,16 @@ class DecoderPool:
         atexit.register(self.close)  # before multiprocessing's own exit handler ends the workers
 
     def close(self) -> None:
-        """End the workers (their pipes close: each exits its loop)."""
+        """End the workers: their pipes are shut down, so each worker and its results thread see the end of
+        the pipe. Closing the descriptor instead would leave a results thread blocked on it, and a pipe of a
+        later pool could be given the same number while that thread still reads."""
         self._closing = True
         for w in self._workers:
-            w.conn.close()
+            try:
+                with socket.fromfd(w.conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed already: the worker died
 
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers]
@@ -127,11 +189,34 @@ class DecoderPool:
         threading.Thread(target=self._receive, args=(w,), name="wit-decoder-results", daemon=True).start()
         return w
 
-    def submit(self, data: bytes, opts: ResizeOptions, callback: Callback) -> None:
+    @property
+    def size(self) -> int:
+        return len(self._workers)
+
+    def submit(self, data: bytes, opts: ResizeOptions, callback: Callable[[Optional[Processed]], None]) -> None:
+        token = next(self._tokens)
+        self._send(token, _HEADER.pack(token, _BODY) + _pickled(opts), data, callback)
+
+    def call(self, fn: Callable, *args) -> concurrent.futures.Future:
+        """fn(*args) in a worker (both pickled): its value, or its exception, in the future."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def done(returned: Optional[_Returned]) -> None:
+            if returned is None:
+                future.set_exception(RuntimeError(f"the worker process died running {fn.__name__}"))
+            elif returned.error is not None:
+                future.set_exception(returned.error)
+            else:
+                future.set_result(returned.value)
+
+        message = pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
+        token = next(self._tokens)
+        self._send(token, _HEADER.pack(token, _CALL), message, done)
+        return future
+
+    def _send(self, token: int, head: bytes, data: bytes, callback: Callback) -> None:
         with self._lock:
             w = min(self._workers, key=lambda w: len(w.waiting))  # the least loaded worker
-        token = next(self._tokens)
-        key = _pickled(opts)
         with w.lock:
             dead = w.dead
             if not dead:
@@ -142,7 +227,7 @@ class DecoderPool:
         # a lock of its own: a full pipe blocks the sender, and the results thread must still take results
         with w.sending:
             try:
-                w.conn.send_bytes(_HEADER.pack(token) + key)
+                w.conn.send_bytes(head)
                 w.conn.send_bytes(data)
             except OSError:  # the worker died: its results thread calls every waiting task back
                 pass
@@ -154,13 +239,14 @@ class DecoderPool:
             except (EOFError, OSError):
                 break
             except Exception:
-                if self._closing:  # `close` (at exit) shut the pipe in the middle of this read
-                    return
+                if self._closing:  # `close` shut the pipe in the middle of this read
+                    break
                 raise
             with w.lock:
                 callback = w.waiting.pop(token)
             callback(result)
         if self._closing:
+            w.conn.close()
             return
         log.warning("a decoding process ended (exit code %s); starting another", w.process.exitcode)
         with self._lock:
@@ -171,3 +257,16 @@ class DecoderPool:
         w.conn.close()
         for callback in lost:
             callback(None)
+
+
+_shared: Optional[DecoderPool] = None
+_shared_lock = threading.Lock()
+
+
+def shared_pool() -> DecoderPool:
+    """The process's pool, one worker per core, started at first use and shared by every stage."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = DecoderPool(cores())
+        return _shared

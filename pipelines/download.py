@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import threading
 import time
 from collections import deque
@@ -40,7 +39,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from pipelines.fetch import FetchOptions, Fetched, fetch, host_limits, host_of
 from pipelines.records import ImageInfo
-from pipelines.decoders import DecoderPool, Processed
+from pipelines.decoders import DecoderPool, Processed, cores, shared_pool
 from pipelines.resize import ResizeOptions
 from pipelines.counters import MAIN, CountingDoFn, count_in, counter
 from wit.core import fileio, shardformat
@@ -48,11 +47,6 @@ from wit.core.shardformat import Sample, Status
 from wit.core.errors import ErrorKind
 
 log = logging.getLogger(__name__)
-
-
-def cores() -> int:
-    affinity = getattr(os, "sched_getaffinity", None)  # the cores this process may use, in a container too
-    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 # Sizing (measured in bench/download.py; figures in bench/RESULTS.md).
@@ -135,6 +129,8 @@ class Downloader:
     """The process's fetch threads, pool and queues, shared by every shard and DoFn in the process."""
 
     def __init__(self, processes: int = 0) -> None:
+        """`processes`: a pool of its own of that size, instead of the process's shared one."""
+        self._own_pool = processes
         self.processes = processes or cores()
         self.control = _Controller(self.processes)
         self._cond = threading.Condition()
@@ -301,7 +297,7 @@ class Downloader:
     def _decoders(self) -> DecoderPool:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = DecoderPool(self.processes)
+                self._pool = DecoderPool(self._own_pool) if self._own_pool else shared_pool()
             return self._pool
 
 

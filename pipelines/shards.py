@@ -4,16 +4,24 @@ A staged shard gets the image-dedup verdicts applied and is written in the
 shard format (`wit.core.shardformat`): tar, Parquet, then the stats that mark it
 finished. Every shard, finished in an earlier run or now, reports its statuses
 as counts, so the run's totals cover the whole dataset.
+
+A write holds the GIL for most of its time, so a worker process writes its
+shards in the pool of processes the download decoded in (`pipelines.decoders`),
+one shard per core at a time, not one after another on the thread of the stage.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
-from typing import Iterable, Mapping, Sequence
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
 
+from pipelines.decoders import shared_pool
 from pipelines.imagededup import shard_verdicts
 from pipelines.records import EvalImage, Verdict
 from pipelines.counters import CountingDoFn, count_in, counter, eval_set_count
@@ -31,6 +39,26 @@ def apply_verdicts(samples: Iterable[Sample], verdicts: Mapping[str, Verdict]) -
                         jpg=None)
         out.append(s)
     return out
+
+
+@dataclass(frozen=True)
+class Written:
+    """A shard written now: its stats, and what its verdicts count."""
+
+    stats: dict
+    degenerate: int
+    eval_sources: tuple[str, ...]  # the evaluation set of each image dropped as near one
+
+
+def write_staged(out: str, shard: int, verdict_lists: list, refs: Sequence[EvalImage]) -> Written:
+    """The staged shard with its verdicts applied, written; its staging file then deleted."""
+    p = shardformat.paths(out, shard)
+    staged = shardformat.read_samples(p.staging)
+    verdicts = shard_verdicts(verdict_lists, refs, len(staged[0].key) if staged else 0)
+    stats = shardformat.write_shard(out, shard, apply_verdicts(staged, verdicts))
+    fileio.delete_if_exists(p.staging)
+    return Written(stats, sum(v.degenerate for v in verdicts.values()),
+                   tuple(v.source for v in verdicts.values() if v.source))
 
 
 SIZES = "sizes.json"
@@ -60,23 +88,36 @@ class WriteShard(CountingDoFn):
     def __init__(self, out: str, finished: frozenset[int], refs: Sequence[EvalImage] = ()):
         self.out, self.finished, self.refs = out, finished, refs
 
+    def start_bundle(self):
+        super().start_bundle()
+        self.writing: deque[tuple[int, Future]] = deque()
+
     def process(self, item):
         shard, joined = item
-        p = shardformat.paths(self.out, shard)
         if shard in self.finished:
-            stats = json.loads(fileio.read_bytes(p.stats))
-        else:
-            staged = shardformat.read_samples(p.staging)
-            lists = list(joined["verdicts"])
-            self.tally.key_size("shard_verdicts", sum(n for n, _packed in lists))
-            verdicts = shard_verdicts(lists, self.refs, len(staged[0].key) if staged else 0)
-            samples = apply_verdicts(staged, verdicts)
-            self.tally.count(self.degenerate, sum(v.degenerate for v in verdicts.values()))
-            for v in verdicts.values():
-                if v.source:
-                    self.tally.count(eval_set_count(v.source))
-            stats = shardformat.write_shard(self.out, shard, samples)
-            fileio.delete_if_exists(p.staging)
+            yield from self._counted(shard, json.loads(fileio.read_bytes(shardformat.paths(self.out, shard).stats)))
+            return
+        lists = list(joined["verdicts"])
+        self.tally.key_size("shard_verdicts", sum(n for n, _packed in lists))
+        pool = shared_pool()
+        while len(self.writing) >= pool.size:  # a shard being written is in memory: one per core at a time
+            yield from self._written(*self.writing.popleft())
+        self.writing.append((shard, pool.call(write_staged, self.out, shard, lists, self.refs)))
+
+    def finish_bundle(self):
+        while self.writing:
+            for out in self._written(*self.writing.popleft()):
+                yield GlobalWindows.windowed_value(out)
+        yield from super().finish_bundle()
+
+    def _written(self, shard: int, writing: Future) -> Iterator:
+        written: Written = writing.result()
+        self.tally.count(self.degenerate, written.degenerate)
+        for source in written.eval_sources:
+            self.tally.count(eval_set_count(source))
+        yield from self._counted(shard, written.stats)
+
+    def _counted(self, shard: int, stats: dict) -> Iterator:
         for status, name in self.statuses.items():
             self.tally.count(name, shardformat.status_count(stats, status))
         yield shard, shardformat.status_count(stats, Status.SUCCESS)

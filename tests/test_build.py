@@ -499,29 +499,16 @@ def test_additional_columns_reach_the_parquet_and_the_json(built, tmp_path):
         replace(_opts(built["inputs"], out), save_additional_columns=("url",))
 
 
-def test_a_full_disk_is_one_line_naming_the_file_and_the_rerun_is_byte_identical(built, tmp_path, monkeypatch,
-                                                                                 capsys):
-    """Shard files fail to write as on a full disk: status 2, one line naming the file, no temporary left;
-    after space is freed, the rerun gives the same bytes as a build that never failed."""
-    import errno
+def test_a_refused_shard_write_is_one_line_naming_the_file_and_the_rerun_is_byte_identical(built, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """Shard files fail to write in the processes that write them (a file size limit, as a full disk or a
+    quota would refuse them): status 2, one line naming the file, no temporary left; once the processes may
+    write again, the rerun gives the same bytes as a build that never failed."""
+    import resource
+    import signal
 
+    from pipelines import decoders
     from wit import cli
-    from wit.core import fileio
-    real_create = fileio.FileSystems.create
-
-    class Full:
-        def __init__(self, stream):
-            self.stream = stream
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def close(self):
-            self.stream.close()
-
-    def create(path, *args, **kwargs):
-        stream = real_create(path, *args, **kwargs)
-        return Full(stream) if "/shards/" in path and ".tar.tmp-" in path else stream
 
     out = tmp_path / "out"
     argv = ["build", "--candidates", str(built["inputs"] / "*.parquet"),
@@ -529,13 +516,25 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_rerun_is_byte_identical
             "--shard-size", str(SHARD), "--threads", "16",
             "--image-size", "64", "--timeout", "1.2", "--retries", "1", "--retry-backoff", "0.01",
             "--allow-private-networks", "--no-progress", "--runner=DirectRunner"]
-    monkeypatch.setattr(fileio.FileSystems, "create", staticmethod(create))
-    assert cli.main(argv) == 2
+    # a pool whose processes may write no file over 4 KiB (a write past it fails with EFBIG, SIGXFSZ ignored);
+    # the limit and the ignored signal are inherited at their start, then lifted in this process
+    limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    monkeypatch.setattr(decoders, "_shared", None)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, limits[1]))
+        limited = decoders.shared_pool()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    try:
+        assert cli.main(argv) == 2
+    finally:
+        limited.close()
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith(f"wit build: error: {out}/shards/") and \
-        ".tar: cannot write: No space left on device" in err[0], err
+        ".tar: cannot write: File too large" in err[0], err
     assert not glob.glob(f"{out}/**/.*.tmp-*", recursive=True)
-    monkeypatch.setattr(fileio.FileSystems, "create", staticmethod(real_create))
+    monkeypatch.setattr(decoders, "_shared", None)
     assert cli.main(argv) == 0
     for name in sorted(os.listdir(built["root"] / "a" / "shards")):
         if name.endswith((".tar", ".parquet")):

@@ -113,7 +113,7 @@ def test_decoding_runs_in_the_pool_processes(web_server):
     assert job.done.wait(30)
     assert [s.status.value for s in job.results] == ["success"] * 8
     pids = set(engine._decoders().pids())
-    assert len(pids) == 2 and all(pid != download.os.getpid() for pid in pids)
+    assert len(pids) == 2 and all(pid != os.getpid() for pid in pids)
 
 
 def test_a_decoding_process_that_dies_is_replaced_and_its_images_tried_again(web_server):
