@@ -100,7 +100,7 @@ class WriteShard(CountingDoFn):
         lists = list(joined["verdicts"])
         self.tally.key_size("shard_verdicts", sum(n for n, _packed in lists))
         pool = shared_pool()
-        while len(self.writing) >= pool.size:  # a shard being written is in memory: one per core at a time
+        while len(self.writing) >= pool.size:  # each shard in the works is in a pool process's memory
             yield from self._written(*self.writing.popleft())
         self.writing.append((shard, pool.call(write_staged, self.out, shard, lists, self.refs)))
 
