@@ -107,9 +107,12 @@ def _worker_main(conn) -> None:
     while True:
         try:
             if not imported and not conn.poll(IDLE_SECONDS):
-                for name in IDLE_IMPORTS:
-                    importlib.import_module(name)
                 imported = True
+                for name in IDLE_IMPORTS:
+                    try:
+                        importlib.import_module(name)
+                    except Exception:  # ahead of need only: a call that needs it reports the failure
+                        pass
             head = conn.recv_bytes()
             body = conn.recv_bytes()
         except (EOFError, OSError):
