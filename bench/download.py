@@ -173,6 +173,20 @@ def serve(count: int, cache: str, port_file: str) -> None:
     asyncio.run(start())
 
 
+def start_server(count: int, cache: str) -> tuple[subprocess.Popen, int]:
+    """The server in its own process, serving the first `count` images of the set; it and its port, once
+    it listens."""
+    port_file = os.path.join(tempfile.mkdtemp(prefix="wit-bench-server-"), "port")
+    server = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--count", str(count), "--serve", cache,
+                               port_file])
+    while not os.path.exists(port_file):
+        if server.poll() is not None:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.1)
+    with open(port_file) as f:
+        return server, int(f.read())
+
+
 def server_stats(port: int, reset: bool = False) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.2:{port}/__stats{'?reset' if reset else ''}", timeout=10) as r:
         return json.loads(r.read())
@@ -255,15 +269,9 @@ def main() -> int:
 
     make_images(a.count, a.cache)
     tmp = tempfile.mkdtemp(prefix="wit-bench-download-")
-    port_file = os.path.join(tmp, "port")
-    server = subprocess.Popen([sys.executable, __file__, "--count", str(a.count), "--serve", a.cache, port_file])
+    server, port = start_server(a.count, a.cache)
     cpu = CpuSampler()
     try:
-        while not os.path.exists(port_file):
-            if server.poll() is not None:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.1)
-        port = int(open(port_file).read())
         urls = [f"http://127.0.0.{2 + i % HOSTS}:{port}/img/{i}.jpg" for i in range(a.count)]
         captions = [f"a photo of a {WORDS[i % len(WORDS)]}, picture {i}" for i in range(a.count)]
         cand = os.path.join(tmp, "candidates.parquet")

@@ -30,7 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from download import HOSTS, make_images  # noqa: E402  (bench/download.py: the web-like server)
+from download import HOSTS, make_images, start_server  # noqa: E402  (bench/download.py: the web-like server)
 
 
 def urls(n: int) -> list[tuple[str, str]]:
@@ -117,18 +117,10 @@ def main() -> int:
         print((run_wit if kind == "wit" else run_asyncio)(port, n, threads))
         return 0
 
-    # the server serves the first --count images of bench/download.py's set of 20,000
+    # the first --count images of bench/download.py's set of 20,000
     make_images(max(a.count, 20_000), a.cache)
-    tmp = tempfile.mkdtemp(prefix="wit-bench-fetchpath-")
-    port_file = os.path.join(tmp, "port")
-    server = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "download.py"),
-                               "--count", str(max(a.count, 20_000)), "--serve", a.cache, port_file])
+    server, port = start_server(max(a.count, 20_000), a.cache)
     try:
-        while not os.path.exists(port_file):
-            if server.poll() is not None:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.1)
-        port = int(open(port_file).read())
         rows = [(f"asyncio, {a.in_flight} in flight (baseline)", child("asyncio", port, a.count, a.in_flight))]
         rows += [(f"wit fetch, {t} threads", child("wit", port, a.count, t))
                  for t in (int(x) for x in a.threads.split(","))]
