@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, replace
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -111,7 +111,14 @@ class WriteShard(CountingDoFn):
         yield from super().finish_bundle()
 
     def _written(self, shard: int, writing: Future) -> Iterator:
-        written: Written = writing.result()
+        try:
+            written: Written = writing.result()
+        except BaseException:
+            # the stage fails with this write, so the writes still in the pool end first: each then has
+            # removed its temporary file, and none is still writing once the command has returned
+            wait([pending for _shard, pending in self.writing])
+            self.writing.clear()
+            raise
         self.tally.count(self.degenerate, written.degenerate)
         for source in written.eval_sources:
             self.tally.count(eval_set_count(source))

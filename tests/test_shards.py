@@ -3,6 +3,7 @@
 import json
 
 import apache_beam as beam
+import pytest
 
 from pipelines.grouping import pack
 from pipelines.imagededup import found_rows
@@ -54,3 +55,23 @@ def test_write_shards_writes_staged_shards_and_counts_finished_ones_too(tmp_path
     assert rows[2].status is Status.NEAR_DUPLICATE and rows[2].error_message == "pHash 2 bits from a kept image"
     assert rows[2].duplicate_of == "000001"
     assert rows[1].status is Status.EVAL_DUPLICATE and rows[1].duplicate_of == "cifar/7"
+
+
+def test_a_failed_write_waits_for_the_writes_still_in_the_pool_before_it_fails_the_stage():
+    """The command must not return while another shard is still being written (its temporary file would
+    outlive the run)."""
+    import threading
+    from collections import deque
+    from concurrent.futures import Future
+
+    from pipelines.shards import WriteShard
+
+    stage = WriteShard("unused", frozenset())
+    stage.start_bundle()
+    failed, slow = Future(), Future()
+    failed.set_exception(OSError("refused"))
+    stage.writing = deque([(1, slow)])
+    threading.Timer(0.3, slow.set_result, args=[None]).start()
+    with pytest.raises(OSError):
+        list(stage._written(0, failed))
+    assert slow.done() and not stage.writing
