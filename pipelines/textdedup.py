@@ -26,7 +26,6 @@ from typing import Iterable
 
 import apache_beam as beam
 import numpy as np
-from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from pipelines.grouping import KeeperPerKey, Smallest
 from pipelines.sizing import MAX_GROUP
@@ -63,6 +62,8 @@ def shingles(caption: str, n: int = 3) -> set[bytes]:
 
 
 def sketch(uid: str, caption: str, seed: int) -> CaptionSketch:
+    from datasketch import LeanMinHash, MinHash  # imported when used: a default build looks for no near captions
+
     mh = MinHash(num_perm=NUM_PERM, seed=1)
     mh.update_batch(list(shingles(caption)))
     values = LeanMinHash(mh).hashvalues.astype(np.uint64).tobytes()
@@ -73,6 +74,8 @@ def sketch(uid: str, caption: str, seed: int) -> CaptionSketch:
 @lru_cache(maxsize=None)
 def lsh_params(threshold: float) -> tuple[int, int]:
     """(bands, rows) minimising false positives and negatives at this threshold (datasketch's choice)."""
+    from datasketch import MinHashLSH
+
     lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
     return lsh.b, lsh.r
 

@@ -31,9 +31,9 @@ from pipelines.counters import CountingDoFn, count_in, counter
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-# A URL already in canonical form: lowercase scheme and host, no port, user, query or fragment. Most are, and
-# taking them as they are saves the parse.
-_CANONICAL = re.compile(r"https?://[a-z0-9.-]*[a-z0-9-](/[^?#\s]*)?")
+# A URL already in canonical form: lowercase scheme and host, no user, query or fragment, and no port or one
+# that is not the scheme's default. Most are, and taking them as they are saves the parse.
+_CANONICAL = re.compile(r"(https?)://[a-z0-9.-]*[a-z0-9-](?::([1-9][0-9]{0,4}))?(/[^?#\s]*)?")
 
 
 def normalize_url(url: str) -> str:
@@ -41,7 +41,13 @@ def normalize_url(url: str) -> str:
     fragment and empty query dropped, query parameters sorted."""
     m = _CANONICAL.fullmatch(url)
     if m:
-        return url if m.group(1) else url + "/"
+        scheme, port, path = m.groups()
+        if port is None or (int(port) <= 65535 and int(port) != _DEFAULT_PORTS[scheme]):
+            return url if path else url + "/"
+    return _normalized_by_parts(url)
+
+
+def _normalized_by_parts(url: str) -> str:
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").rstrip(".")
