@@ -11,17 +11,17 @@ def test_normalize_url():
 
 
 def test_urls_taken_as_canonical_are_what_the_parse_makes_of_them():
+    from itertools import product
+
     from pipelines.urldedup import _normalized_by_parts
 
+    schemes = ("http", "https", "HTTP")
     hosts = ("example.com", "a-b.example.org", "127.0.0.2", "x")
     ports = ("", ":80", ":443", ":8080", ":0", ":080", ":65535", ":65536", ":99999", ":1")
     paths = ("", "/", "/a/b.jpg", "/a%20b", "/x?b=2&a=1", "/x#f", "/x?")
-    for scheme in ("http", "https", "HTTP"):
-        for host in hosts:
-            for port in ports:
-                for path in paths:
-                    url = f"{scheme}://{host}{port}{path}"
-                    assert normalize_url(url) == _normalized_by_parts(url), url
+    for parts in product(schemes, hosts, ports, paths):
+        url = "{}://{}{}{}".format(*parts)
+        assert normalize_url(url) == _normalized_by_parts(url), url
 
 
 def test_choose_pair_prefers_most_matches_then_smallest_caption():
