@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import tarfile
 from collections import Counter
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence, Union
 
@@ -338,7 +338,7 @@ def write_shard(out_dir: str, shard: int, samples: Sequence[Sample]) -> dict:
     samples = sorted(samples, key=lambda s: s.key)
     p = paths(out_dir, shard)
     write_tar(p.tar, samples)
-    write_parquet(p.parquet, [replace(s, jpg=None) for s in samples], SCHEMA)
+    write_parquet(p.parquet, samples, SCHEMA)  # reads SCHEMA's columns only: the images stay out
     stats = shard_stats(shard, samples)
     fileio.write_bytes(p.stats, json.dumps(stats, indent=1, sort_keys=True).encode() + b"\n")
     return stats
