@@ -1,6 +1,6 @@
 from apache_beam.options.pipeline_options import StandardOptions
 
-from wit.core.runner import LOCAL_RUNNER, pipeline_options
+from wit.core.runner import LOCAL_RUNNER, pipeline_options, workers_in_this_process
 
 
 def test_the_local_runner_is_chosen_explicitly_and_others_are_kept():
@@ -40,3 +40,30 @@ def test_the_local_runner_sends_everything_it_writes_while_its_send_queue_is_ful
         time.sleep(0.1)
     stream.close()
     assert sum(sent) == 15 * len(chunk)
+
+
+def test_workers_run_in_this_process_only_on_the_local_runner_in_memory_or_on_threads():
+    assert workers_in_this_process([])
+    assert workers_in_this_process(["--runner=DirectRunner"])
+    assert workers_in_this_process(["--runner=FnApiRunner", "--direct_running_mode=multi_threading",
+                                    "--direct_num_workers=2"])
+    assert not workers_in_this_process(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    assert not workers_in_this_process(["--runner=DataflowRunner", "--project=p", "--region=r"])
+    assert not workers_in_this_process(["--runner=PortableRunner", "--job_endpoint=localhost:8099"])
+
+
+def test_a_kept_view_sees_every_change_and_the_options_pickle_without_their_views():
+    import pickle
+
+    from apache_beam.options.pipeline_options import DirectOptions, SetupOptions
+
+    options = pipeline_options(["--direct_num_workers=2"])
+    setup = options.view_as(SetupOptions)
+    assert options.view_as(SetupOptions) is setup
+    setup.save_main_session = True
+    options.view_as(DirectOptions).direct_num_workers = 3
+    assert options.view_as(SetupOptions).save_main_session and options.view_as(DirectOptions).direct_num_workers == 3
+    assert options.get_all_options()["direct_num_workers"] == 3 and options.get_all_options()["save_main_session"]
+    again = pickle.loads(pickle.dumps(options))
+    assert "_views" not in again.__dict__
+    assert again.view_as(DirectOptions).direct_num_workers == 3 and again.view_as(SetupOptions).save_main_session

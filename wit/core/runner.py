@@ -20,7 +20,7 @@ import logging
 import os
 from typing import Sequence
 
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +29,43 @@ log = logging.getLogger(__name__)
 LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
 
+class ViewsOnce(PipelineOptions):
+    """Beam's options, each view made once. Beam makes a view of a class (an argument parser of the class's
+    options and a parse of every flag) at each `view_as`; a build's two jobs ask for about a thousand views,
+    which took a tenth of the time before the first request (bench/download.py). A view reads and writes the
+    options' one dict of values, so a kept view sees every change."""
+
+    def view_as(self, cls):
+        views = self.__dict__.setdefault("_views", {})
+        if cls not in views:
+            views[cls] = super().view_as(cls)
+        return views[cls]
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state.pop("_views", None)
+        return state
+
+
 def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     relax_gc()  # the local runner's in-process workers live in this process
     exact_data_plane()
-    options = PipelineOptions(list(beam_args))
+    options = ViewsOnce(list(beam_args))
     standard = options.view_as(StandardOptions)
     if standard.runner in (None, "DirectRunner", "FnApiRunner"):
         standard.runner = LOCAL_RUNNER
     if standard.runner == LOCAL_RUNNER:
         log.info("running on Beam's FnApiRunner (pid %d)", os.getpid())
     return options
+
+
+def workers_in_this_process(beam_args: Sequence[str]) -> bool:
+    """Whether the job's workers run in this process: the local runner in memory or on threads. Only then
+    is what this process starts ahead of a job (the decoding processes) of use to the job."""
+    options = PipelineOptions(list(beam_args))
+    if options.view_as(StandardOptions).runner not in (None, "DirectRunner", "FnApiRunner", LOCAL_RUNNER):
+        return False
+    return options.view_as(DirectOptions).direct_running_mode in ("in_memory", "multi_threading")
 
 
 # CPython's cyclic collector walks every live container object each time enough have been allocated. A
