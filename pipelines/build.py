@@ -29,6 +29,7 @@ from pipelines import counters
 from pipelines.balance import Balance
 from pipelines.candidates import FORMATS, ReadCandidates
 from pipelines.captionfilter import FilterCaptions
+from pipelines.decoders import shared_pool
 from pipelines.download import DownloadShards
 from pipelines.fetch import FetchOptions
 from pipelines.evalsets import read_eval_sets
@@ -47,7 +48,7 @@ from pipelines.urldedup import DedupUrls
 from wit.core import fileio, shardformat
 from wit.core.errors import WitError, cause_of, user_error_under
 from wit.core.options import Options, option
-from wit.core.runner import pipeline_options
+from wit.core.runner import pipeline_options, workers_in_this_process
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +303,8 @@ def _plan_and_download(opts: BuildOptions, files: list[tuple[str, int, float]], 
     _clean_temporaries(opts.out)
     plan = Plan.read(opts.out)
     if plan is None:
+        if not opts.plan_only and workers_in_this_process(beam_args):
+            shared_pool()  # the download's decoding processes start and import while the plan job runs
         plan = _make_plan(opts, [(f[0], f[1]) for f in files], beam_args)
     else:
         log.info("%s holds a finished plan of %d shard(s): downloading it", opts.out, plan.shards)

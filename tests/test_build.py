@@ -300,6 +300,32 @@ def test_relative_paths_reach_the_workers_as_absolute_ones(built, tmp_path, monk
     assert (tmp_path / "out" / "plan" / "_index.json").exists()
 
 
+@pytest.mark.parametrize("plan_only, beam_args, started", [
+    (False, BEAM, True),
+    (True, BEAM, False),  # no download follows
+    (False, ["--direct_running_mode=multi_processing", "--direct_num_workers=2"], False),  # workers elsewhere
+])
+def test_the_decoding_processes_start_before_the_plan_job_when_the_download_runs_here(
+        built, tmp_path, monkeypatch, plan_only, beam_args, started):
+    """They import while the plan job keeps one core busy, instead of after it, before the first request."""
+    from pipelines import build
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def run_job(job, *args):
+        seen.append(job.__name__)
+        raise Stop
+
+    monkeypatch.setattr(build, "shared_pool", lambda: seen.append("decoding processes"))
+    monkeypatch.setattr(build, "_run_job", run_job)
+    with pytest.raises(Stop):
+        run_build(replace(_opts(built["inputs"], tmp_path / "out"), plan_only=plan_only), beam_args)
+    assert seen == (["decoding processes"] if started else []) + ["plan_pipeline"]
+
+
 def test_a_query_left_unproven_is_balanced_again_whole(built, tmp_path, monkeypatch):
     from pipelines import balance as balance_module
 
