@@ -18,7 +18,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
@@ -29,13 +29,17 @@ log = logging.getLogger(__name__)
 LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
 
+_View = TypeVar("_View", bound=PipelineOptions)
+
+
 class ViewsOnce(PipelineOptions):
     """Beam's options, each view made once. Beam makes a view of a class (an argument parser of the class's
-    options and a parse of every flag) at each `view_as`; a build's two jobs ask for about a thousand views,
-    which took a tenth of the time before the first request (bench/download.py). A view reads and writes the
-    options' one dict of values, so a kept view sees every change."""
+    options and a parse of every flag) at each `view_as`, and a job asks for views at every transform it
+    applies and again when it runs: a visible part of a build's time before its first request
+    (bench/download.py; figures in bench/RESULTS.md). A view reads and writes the options' one dict of
+    values, so a kept view sees every change; the views are not pickled with the options."""
 
-    def view_as(self, cls):
+    def view_as(self, cls: type[_View]) -> _View:
         views = self.__dict__.setdefault("_views", {})
         if cls not in views:
             views[cls] = super().view_as(cls)
