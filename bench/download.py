@@ -19,7 +19,11 @@ window, as the server saw them); how busy the machine's cores were in the window
 img2dataset lives in its own virtualenv (it pins webdataset<0.3):
 
     python3 -m venv /tmp/i2dvenv && /tmp/i2dvenv/bin/pip install img2dataset==1.47.0
-    python bench/download.py --img2dataset /tmp/i2dvenv/bin/img2dataset [--count 20000]
+    python bench/download.py --img2dataset /tmp/i2dvenv/bin/img2dataset [--count 20000] [--rounds 3]
+
+On a VM whose speed drifts from minute to minute, one round's ratio moves with
+it; `--rounds N` runs every row N times, one round after the other, and prints
+each round's ratio and their median.
 
 The images are made once and kept in --cache (a minute or two for 20,000).
 """
@@ -36,12 +40,14 @@ import random
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fetch import count_tar_samples  # noqa: E402  (bench/fetch.py, the zero-latency control)
@@ -258,6 +264,8 @@ def main() -> int:
     p.add_argument("--img2dataset", default=shutil.which("img2dataset"), help="the img2dataset executable")
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "wit-bench-cache"))
     p.add_argument("--only", choices=("wit", "img2dataset"), help="run one tool only")
+    p.add_argument("--rounds", type=int, default=1, help="rounds of every row, one after the other; with more "
+                                                         "than one, the ratio of each round and their median")
     p.add_argument("--serve", nargs=2, metavar=("CACHE", "PORT_FILE"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.serve:
@@ -282,29 +290,45 @@ def main() -> int:
         ncores = os.cpu_count() or 1
         print(f"{a.count:,} URLs on {HOSTS} loopback addresses, port {port}; {ncores} cores; "
               f"latency log-normal (median 150 ms), 3% at 2-3 s, bodies at 2-5 MB/s")
-        rows = []
         wit = os.path.join(os.path.dirname(sys.executable), "wit")
-        if a.only in (None, "wit"):
-            out = os.path.join(tmp, "wit")
-            rows.append(run_tool("wit build, default flags", [
-                wit, "build", "--candidates", cand, "--queries", queries, "--out", out,
-                "--allow-private-networks", "--timeout", "10", "--retries", "0", "--no-progress"],
-                port, server.pid, cpu, lambda: count_tar_samples(os.path.join(out, "shards"))))
-        if a.img2dataset and a.only in (None, "img2dataset"):
-            for procs in (1, ncores):
-                out = os.path.join(tmp, f"i2d{procs}")
-                rows.append(run_tool(f"img2dataset 1.47, {procs} x 256", [
-                    a.img2dataset, "--url_list", cand, "--input_format", "parquet", "--url_col", "url",
-                    "--caption_col", "caption", "--output_format", "webdataset", "--output_folder", out,
-                    "--processes_count", str(procs), "--thread_count", "256", "--distributor", "multiprocessing",
-                    "--enable_wandb", "False", "--timeout", "10", "--retries", "0"],
-                    port, server.pid, cpu, lambda out=out: count_tar_samples(out)))
-        elif a.only is None:
+        if a.img2dataset is None and a.only is None:
             print("img2dataset not found: pass --img2dataset PATH (see the docstring); baselines skipped")
+        ratios = []
+        for round_ in range(a.rounds):
+            rows = []
+            if a.only in (None, "wit"):
+                out = os.path.join(tmp, "wit")
+                rows.append(run_tool("wit build, default flags", [
+                    wit, "build", "--candidates", cand, "--queries", queries, "--out", out,
+                    "--allow-private-networks", "--timeout", "10", "--retries", "0", "--no-progress"],
+                    port, server.pid, cpu, lambda: count_tar_samples(os.path.join(out, "shards"))))
+            if a.img2dataset and a.only in (None, "img2dataset"):
+                for procs in (1, ncores):
+                    out = os.path.join(tmp, f"i2d{procs}")
+                    rows.append(run_tool(f"img2dataset 1.47, {procs} x 256", [
+                        a.img2dataset, "--url_list", cand, "--input_format", "parquet", "--url_col", "url",
+                        "--caption_col", "caption", "--output_format", "webdataset", "--output_folder", out,
+                        "--processes_count", str(procs), "--thread_count", "256", "--distributor",
+                        "multiprocessing", "--enable_wandb", "False", "--timeout", "10", "--retries", "0"],
+                        port, server.pid, cpu, lambda out=out: count_tar_samples(out)))
+            ratio = print_round(rows)
+            if ratio is not None:
+                ratios.append(ratio)
+            for name in ("wit", *(f"i2d{procs}" for procs in (1, ncores))):  # the next round starts empty
+                shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+        if len(ratios) > 1:
+            print(f"\nwit / the better img2dataset over {len(ratios)} rounds: "
+                  f"{', '.join(f'{r:.2f}x' for r in ratios)}; median {statistics.median(ratios):.2f}x (goal 1.5x)")
     finally:
         cpu.stop()
         server.terminate()
         server.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def print_round(rows: list[dict]) -> Optional[float]:
+    """One round's table and, with both tools in it, wit's ratio to the better img2dataset."""
     head = (f"{'':28s} {'images':>7s} {'wall s':>7s} {'img/s':>7s} {'window s':>9s} {'img/s in':>9s} "
             f"{'CPU ms/img':>10s} {'in flight':>11s} {'cores busy':>10s} {'server CPU-s':>12s}")
     print("\n" + head)
@@ -312,14 +336,14 @@ def main() -> int:
         print(f"{r['name']:28s} {r['images']:7,} {r['wall']:7.1f} {r['images'] / r['wall']:7.0f} {r['window']:9.1f} "
               f"{r['images'] / r['window']:9.0f} {1000 * r['cpu'] / max(1, r['images']):10.2f} "
               f"{r['mean_in_flight']:5.0f}/{r['max_in_flight']:<5d} {100 * r['machine_busy']:9.0f}% "
-              f"{r['server_cpu']:12.1f}")
-    if len(rows) == 3:
-        best = max(rows[1:], key=lambda r: r["images"] / r["wall"])
-        ratio = (rows[0]["images"] / rows[0]["wall"]) / (best["images"] / best["wall"])
-        print(f"\nwit / {best['name']} (the better img2dataset): {ratio:.2f}x wall images/s (goal 1.5x); "
-              f"wit's cores busy in its download window: {100 * rows[0]['machine_busy']:.0f}% (goal 85%)")
-    shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+              f"{r['server_cpu']:12.1f}", flush=True)
+    if len(rows) != 3:
+        return None
+    best = max(rows[1:], key=lambda r: r["images"] / r["wall"])
+    ratio = (rows[0]["images"] / rows[0]["wall"]) / (best["images"] / best["wall"])
+    print(f"\nwit / {best['name']} (the better img2dataset): {ratio:.2f}x wall images/s (goal 1.5x); "
+          f"wit's cores busy in its download window: {100 * rows[0]['machine_busy']:.0f}% (goal 85%)", flush=True)
+    return ratio
 
 
 if __name__ == "__main__":
