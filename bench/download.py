@@ -294,7 +294,7 @@ def main() -> int:
         if a.img2dataset is None and a.only is None:
             print("img2dataset not found: pass --img2dataset PATH (see the docstring); baselines skipped")
         ratios = []
-        for round_ in range(a.rounds):
+        for _ in range(a.rounds):
             rows = []
             if a.only in (None, "wit"):
                 out = os.path.join(tmp, "wit")
