@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 # Named by its class path: Beam 2.62 (the SDK that matches the Spark job server Maven Central serves) knows no
 # short name "FnApiRunner"; "FnApiRunner" given by the user is read as this.
 LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+# What --runner says when it means the local runner: nothing, Beam's default name, or the runner's own.
+_LOCAL_NAMES = (None, "DirectRunner", "FnApiRunner", LOCAL_RUNNER)
 
 
 _View = TypeVar("_View", bound=PipelineOptions)
@@ -56,7 +58,7 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     exact_data_plane()
     options = ViewsOnce(list(beam_args))
     standard = options.view_as(StandardOptions)
-    if standard.runner in (None, "DirectRunner", "FnApiRunner"):
+    if standard.runner in _LOCAL_NAMES:
         standard.runner = LOCAL_RUNNER
     if standard.runner == LOCAL_RUNNER:
         log.info("running on Beam's FnApiRunner (pid %d)", os.getpid())
@@ -67,7 +69,7 @@ def workers_in_this_process(beam_args: Sequence[str]) -> bool:
     """Whether the job's workers run in this process: the local runner in memory or on threads. Only then
     is what this process starts ahead of a job (the decoding processes) of use to the job."""
     options = PipelineOptions(list(beam_args))
-    if options.view_as(StandardOptions).runner not in (None, "DirectRunner", "FnApiRunner", LOCAL_RUNNER):
+    if options.view_as(StandardOptions).runner not in _LOCAL_NAMES:
         return False
     return options.view_as(DirectOptions).direct_running_mode in ("in_memory", "multi_threading")
 
