@@ -1,10 +1,14 @@
-"""The network guard against IANA's special-purpose registries: every range refused, public addresses not."""
+"""The network guard against IANA's special-purpose registries (every range refused, public addresses not), and
+the sockets and deadlines of the connections it makes."""
 
 import ipaddress
+import socket
+import time
 
 import pytest
 
-from wit.net.netguard import SPECIAL_PURPOSE, refusal
+from wit.net.netguard import SPECIAL_PURPOSE, NetworkPolicy, _Watchdog, pool_manager, refusal
+from wit.net.responses import get, read_body
 
 
 def _inside(net: str) -> list[str]:
@@ -43,3 +47,46 @@ def test_embedded_and_deprecated_forms(ip, why):
                                 "2606:4700::1111", "2a00:1450:4001:80b::200e", "64:ff9b::808:808"])
 def test_public_addresses_pass(ip):
     assert refusal(ip) is None
+
+
+def test_a_kept_alive_exchange_makes_no_socket_timeout_call(web_server, monkeypatch):
+    """settimeout is a system call, and each hands the fetching process's GIL to another of its threads; the
+    watchdog bounds a kept-alive exchange, so its socket stays blocking."""
+    web, server = web_server
+    pool = pool_manager(NetworkPolicy(allow_private=True), 1)
+    urls = [r.url for r in web.rows(server.base_url) if r.fault == "ok"][:4]
+
+    def fetched(url: str) -> bytes:
+        with get(pool, url, {}, 10.0, time.monotonic() + 10.0) as resp:
+            body, cut = read_body(resp, 1 << 24, time.monotonic() + 10.0)
+        assert resp.status == 200 and cut is None
+        return body
+
+    assert fetched(urls[0])  # opens the connection
+    calls = []
+    settimeout = socket.socket.settimeout
+    monkeypatch.setattr(socket.socket, "settimeout", lambda s, value: calls.append(value) or settimeout(s, value))
+    assert all(fetched(url) for url in urls[1:])
+    assert calls == []
+
+
+def test_deadlines_due_within_the_slack_are_met_in_one_wake():
+    class Conn:  # what the watchdog touches of a connection: its socket's shutdown
+        def __init__(self) -> None:
+            self.sock, self.shut = self, None
+
+        def shutdown(self, how) -> None:
+            self.shut = time.monotonic()
+
+    dog = _Watchdog()
+    waits = []
+    wait = dog._cond.wait
+    dog._cond.wait = lambda timeout=None: waits.append(timeout) or wait(timeout)
+    start = time.monotonic()
+    due = [start + 0.3 + i * 0.002 for i in range(20)]
+    conns = [Conn() for _ in due]
+    for conn, when in zip(conns, due):
+        dog.watch(conn, when)
+    time.sleep(0.3 + _Watchdog.SLACK + 0.5)
+    assert all(c.shut is not None and when <= c.shut for c, when in zip(conns, due))
+    assert len(waits) <= 4  # one wake for all twenty, not one each

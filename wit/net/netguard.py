@@ -176,8 +176,12 @@ class _Watchdog:
     A socket timeout would bound each read, not the exchange: a server that drips its status line, its
     headers or endless `100 Continue` lines a byte at a time, or stalls a TLS handshake, would hold a request
     as long as it likes. One thread per process keeps the deadlines in a heap; a shut socket makes the
-    blocked read return at once, and the caller, past its deadline, reports a timeout.
+    blocked read return at once, and the caller, past its deadline, reports a timeout. The thread wakes
+    `SLACK` after the earliest deadline and shuts every exchange due by then: a wake per exchange would cost
+    the fetching process a thread switch and a turn at the GIL per request (bench/download.py).
     """
+
+    SLACK = 0.05
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -213,7 +217,7 @@ class _Watchdog:
                                 sock.shutdown(socket.SHUT_RDWR)
                             except OSError:
                                 pass
-                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+                self._cond.wait(self._heap[0][0] + self.SLACK - now if self._heap else None)
 
 
 _watchdog = _Watchdog()
@@ -239,6 +243,16 @@ def _watch(conn) -> None:
         _exchange.conns.append(conn)
 
 
+class _Socket(socket.socket):
+    """A socket whose `settimeout` makes no system call when the timeout does not change. urllib3 sets the
+    timeout twice an exchange; each call is an ioctl made with the GIL released, which in the fetching process
+    hands the GIL to another of its hundreds of threads and back (bench/download.py)."""
+
+    def settimeout(self, value: Optional[float]) -> None:
+        if value != self.gettimeout():
+            super().settimeout(value)
+
+
 class _Guarded:
     policy: NetworkPolicy = NetworkPolicy()
 
@@ -248,6 +262,8 @@ class _Guarded:
 
     def request(self, *args, **kwargs):  # a kept-alive connection starts its exchange here
         _watch(self)
+        if self.sock is not None:  # kept alive: the watchdog bounds the exchange, the socket stays blocking
+            self.timeout = None
         return super().request(*args, **kwargs)
 
     def _new_conn(self) -> socket.socket:  # urllib3 2.x hook: one call per new connection
@@ -260,10 +276,15 @@ class _Guarded:
         last: Optional[Exception] = None
         for family, _type, _proto, _name, sockaddr in infos:
             try:
-                return u3connection.create_connection(sockaddr[:2], self.timeout, source_address=self.source_address,
+                sock = u3connection.create_connection(sockaddr[:2], self.timeout, source_address=self.source_address,
                                                       socket_options=self.socket_options)
             except OSError as e:
                 last = e
+                continue
+            timeout = sock.gettimeout()
+            quiet = _Socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+            quiet.settimeout(timeout)
+            return quiet
         raise NewConnectionError(self, f"failed to connect to {self.host}: {last}")
 
 
