@@ -30,7 +30,6 @@ from typing import Optional
 import numba
 import numpy as np
 import pyarrow as pa
-import scipy.fftpack
 from PIL import Image, ImageOps
 
 from wit.core.options import Options, option
@@ -158,8 +157,9 @@ def _separable(src, c, rows, row_weights, cols, col_weights):  # pragma: no cove
     of the input rows its taps name, then each output pixel that of the row's pixels its column taps name;
     float32, rounded to uint8 as OpenCV's saturate_cast rounds. Taps of weight 0 are padding. The row pass
     sums whole pixels, padding byte included (contiguous, so it vectorises). Three channels get a loop of
-    their own, one accumulator each: the column pass is most of the cost, and the generic loop's gathers per
-    channel cost twice as much (bench/download.py; figures in bench/RESULTS.md)."""
+    their own, one accumulator each (four where Pillow pads pixels to four bytes): the column pass is most of
+    the cost, and the generic loop's gathers per channel cost twice as much (bench/download.py; figures in
+    bench/RESULTS.md)."""
     h, w, stride = src.shape
     th, tw = rows.shape[0], cols.shape[0]
     flat = src.reshape(h, w * stride)
@@ -173,6 +173,20 @@ def _separable(src, c, rows, row_weights, cols, col_weights):  # pragma: no cove
                 row = flat[rows[y, i]]
                 for k in range(w * stride):
                     line[k] += weight * row[k]
+        if c == 3 and stride == 4:  # Pillow's RGB: the padding byte is summed too, and the four sums vectorise
+            for x in range(tw):
+                r, g, b, pad = np.float32(0), np.float32(0), np.float32(0), np.float32(0)
+                for j in range(cols.shape[1]):
+                    weight = col_weights[x, j]
+                    at = cols[x, j] * 4
+                    r += weight * line[at]
+                    g += weight * line[at + 1]
+                    b += weight * line[at + 2]
+                    pad += weight * line[at + 3]
+                out[y, x, 0] = min(255, max(0, np.rint(r)))
+                out[y, x, 1] = min(255, max(0, np.rint(g)))
+                out[y, x, 2] = min(255, max(0, np.rint(b)))
+            continue
         if c == 3:
             for x in range(tw):
                 r, g, b = np.float32(0), np.float32(0), np.float32(0)
@@ -229,11 +243,20 @@ def perceptual_hash(img: Image.Image) -> int:
     shrinks with Lanczos, the costliest step; shrinking first makes its own resize a no-op and gives an
     equally stable hash. Its steps are taken here without the no-op resize, the hex string and numpy's
     general median: a quarter of its CPU (bench/download.py; figures in bench/RESULTS.md)."""
+    from scipy.fftpack import dct  # see `preload`
+
     pixels = np.asarray(img.resize((32, 32), Image.Resampling.BOX).convert("L"))
-    low = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)[:8, :8].ravel()
+    low = dct(dct(pixels, axis=0), axis=1)[:8, :8].ravel()
     middle = np.partition(low, (31, 32))
     median = (middle[31] + middle[32]) / 2  # np.median's value: the mean of the two middle ones
     return int.from_bytes(np.packbits(low > median).tobytes(), "big")
+
+
+def preload() -> None:
+    """Import what hashing needs (scipy's FFT) now. It is imported at first use, not with this module: the
+    job's driver imports the module for its options and never hashes, and the import adds to its start-up,
+    before the first request (bench/download.py). A decoding process calls this while it waits for work."""
+    import scipy.fftpack  # noqa: F401
 
 
 def _stored_mode(img: Image.Image, rgb: bool) -> Image.Image:

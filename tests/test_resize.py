@@ -7,7 +7,7 @@ import imagehash
 import numpy as np
 
 from pipelines.resize import (ResizeError, ResizeOptions, _area_taps, _lanczos4_taps, _pixels, _resized,
-                              perceptual_hash, resize_image)
+                              _separable, perceptual_hash, resize_image)
 
 
 def _img(w, h, fmt="JPEG", mode="RGB", **save):
@@ -255,6 +255,28 @@ def test_pixels_are_pillows_own_buffer_and_a_copy_when_it_is_split(mode):
         assert np.array_equal(np.asarray(_resized(split, (30, 20))), np.asarray(_resized(img, (30, 20))))
     finally:
         Image.core.set_block_size(before)
+
+
+@pytest.mark.parametrize("size", [(30, 20), (71, 53), (140, 100)])
+def test_rgb_resizes_alike_from_pillows_four_byte_pixels_and_packed_three_byte_ones(size):
+    img = Image.fromarray(np.random.default_rng(7).integers(0, 256, (53, 71, 3), dtype=np.uint8), "RGB").copy()
+    padded, packed = _pixels(img), np.ascontiguousarray(np.asarray(img))
+    assert padded.shape[2] == 4 and packed.shape[2] == 3
+    taps = _area_taps if size[0] <= 71 else _lanczos4_taps
+    rows, cols = taps(53, size[1]), taps(71, size[0])
+    assert np.array_equal(_separable(padded, 3, *rows, *cols), _separable(packed, 3, *rows, *cols))
+
+
+def test_the_jobs_driver_imports_no_fft():
+    """The driver imports this module for its options and never hashes: scipy's FFT would only add to its
+    start-up."""
+    import subprocess
+    import sys
+
+    probe = "import sys, pipelines.build; print(sorted(m for m in sys.modules if m.startswith('scipy.fft')))"
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[]"
 
 
 def test_enlarging_is_lanczos_with_four_lobes_and_replicated_edges():
