@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from pipelines.resize import ResizeError, ResizeOptions, Resized, resize_image
+from pipelines.resize import ResizeError, ResizeOptions, Resized, preload, resize_image
 from wit.core.errors import ErrorKind
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,45 @@ IDLE_SECONDS = 1.0
 _HEADER = struct.Struct("<QB")  # the task number and kind; a body's pickled options follow it
 _BODY, _CALL = 0, 1
 
+# Messages go over the pipes framed as multiprocessing's Connection frames them (a 4-byte length), but several
+# frames in one system call, and results are read through a buffer. Each system call of the fetching process
+# hands the GIL to another of its threads and back, and Connection takes three writes to send a task and two
+# reads to take a result (bench/download.py).
+_LENGTH = struct.Struct("!i")
+_LONGEST = 0x7FFFFFFF  # longer messages take Connection's own framing
+_READ_BUFFER = 1 << 20
+
+
+def _send_framed(conn, *messages: bytes) -> None:
+    """The messages as `conn.send_bytes` would send them one by one, in as few writes as the pipe takes."""
+    if any(len(m) > _LONGEST for m in messages):
+        for m in messages:
+            conn.send_bytes(m)
+        return
+    views = []
+    for m in messages:
+        views += [memoryview(_LENGTH.pack(len(m))), memoryview(m)]
+    while views:
+        sent = os.writev(conn.fileno(), views)
+        while views and sent >= len(views[0]):
+            sent -= len(views.pop(0))
+        if sent:
+            views[0] = views[0][sent:]
+
+
+def _read_framed(reader) -> bytes:
+    """One message sent by `_send_framed` or `Connection.send_bytes`, read from a buffered reader of the pipe."""
+    head = reader.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        raise EOFError
+    size, = _LENGTH.unpack(head)
+    if size == -1:
+        size, = struct.unpack("!Q", reader.read(8))
+    message = reader.read(size)
+    if len(message) < size:
+        raise EOFError
+    return message
+
 
 @dataclass(frozen=True)
 class _Returned:
@@ -102,6 +141,7 @@ def _worker_main(conn) -> None:
     """A worker's loop: (header [+ options], body or call) in, (task number, result) out, until the pipe
     closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    preload()
     options: dict[bytes, ResizeOptions] = {}
     imported = False
     while True:
@@ -123,7 +163,7 @@ def _worker_main(conn) -> None:
         else:
             result = _processed(body, head[_HEADER.size:], options)
         try:
-            conn.send_bytes(pickle.dumps((token, result), protocol=pickle.HIGHEST_PROTOCOL))
+            _send_framed(conn, pickle.dumps((token, result), protocol=pickle.HIGHEST_PROTOCOL))
         except OSError:  # the parent closed the pipe (it is exiting): nobody wants the result
             return
 
@@ -230,15 +270,15 @@ class DecoderPool:
         # a lock of its own: a full pipe blocks the sender, and the results thread must still take results
         with w.sending:
             try:
-                w.conn.send_bytes(head)
-                w.conn.send_bytes(data)
+                _send_framed(w.conn, head, data)
             except OSError:  # the worker died: its results thread calls every waiting task back
                 pass
 
     def _receive(self, w: _Worker) -> None:
+        reader = open(w.conn.fileno(), "rb", buffering=_READ_BUFFER, closefd=False)
         while True:
             try:
-                token, result = pickle.loads(w.conn.recv_bytes())
+                token, result = pickle.loads(_read_framed(reader))
             except (EOFError, OSError):
                 break
             except Exception:

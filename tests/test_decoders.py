@@ -1,7 +1,9 @@
 """The pool's calls: other CPU work of the job, run in the decoding processes."""
 
+import multiprocessing
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -84,3 +86,41 @@ def test_a_worker_imports_what_calls_need_once_idle():
         assert pool.call(_imported, "pipelines.shards").result(timeout=60)
     finally:
         pool.close()
+
+
+def test_a_worker_imports_hashings_fft_before_its_first_body():
+    pool = DecoderPool(1)
+    try:
+        assert pool.call(_imported, "scipy.fftpack").result(timeout=60)
+    finally:
+        pool.close()
+
+
+def test_a_task_goes_down_the_pipe_in_one_write_as_connection_frames(monkeypatch):
+    """The worker reads a task's two messages with Connection.recv_bytes; the fetching thread sends them in one
+    system call, each of which hands the fetching process's GIL to another thread."""
+    ours, theirs = multiprocessing.Pipe()
+    writes = []
+    writev = os.writev
+    monkeypatch.setattr(os, "writev", lambda fd, buffers: writes.append(fd) or writev(fd, buffers))
+    head, body = b"head", os.urandom(100_000)
+    decoders._send_framed(ours, head, body)
+    assert theirs.recv_bytes() == head and theirs.recv_bytes() == body
+    assert writes == [ours.fileno()]
+    huge = os.urandom(8 << 20)  # more than the pipe holds: written as the reader makes room
+    sender = threading.Thread(target=decoders._send_framed, args=(ours, b"", huge))
+    sender.start()
+    assert theirs.recv_bytes() == b"" and theirs.recv_bytes() == huge
+    sender.join()
+
+
+def test_results_read_back_through_a_buffer_whoever_framed_them():
+    ours, theirs = multiprocessing.Pipe()
+    reader = open(ours.fileno(), "rb", buffering=decoders._READ_BUFFER, closefd=False)
+    decoders._send_framed(theirs, b"one", b"two")
+    theirs.send_bytes(b"x" * 70_000)  # Connection's own framing, header and payload in two writes
+    assert decoders._read_framed(reader) == b"one" and decoders._read_framed(reader) == b"two"
+    assert decoders._read_framed(reader) == b"x" * 70_000
+    theirs.close()
+    with pytest.raises(EOFError):
+        decoders._read_framed(reader)
