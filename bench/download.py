@@ -12,7 +12,9 @@ write: only --allow-private-networks, --timeout 10 and --retries 0 are given),
 and img2dataset at 1 process x 256 threads (its defaults) and at 1 process per
 core x 256 threads, in the same run. Columns: wall images/s over the whole run;
 images/s inside the download window (first request to last response at the
-server); CPU-s of the tool per image; requests in flight (mean and max in the
+server); CPU-s of the tool per image; its voluntary thread switches per image
+(a thread that blocks: on the network, on a pipe, or waiting for the GIL or a
+lock; getrusage of the tool's processes); requests in flight (mean and max in the
 window, as the server saw them); how busy the machine's cores were in the window
 (all processes, from /proc/stat; the server's own CPU-s are shown beside it).
 
@@ -251,9 +253,10 @@ def run_tool(name: str, cmd: list[str], port: int, server_pid: int, cpu: CpuSamp
     first, last = stats["first"], stats["last"]
     window = [n for t, n in stats["samples"] if first <= t <= last]
     tool_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    switches = after.ru_nvcsw - before.ru_nvcsw
     machine = cpu.busy(first, last)
     return {"name": name, "images": images, "wall": ended - started, "window": last - first,
-            "cpu": tool_cpu, "mean_in_flight": sum(window) / max(1, len(window)),
+            "cpu": tool_cpu, "switches": switches, "mean_in_flight": sum(window) / max(1, len(window)),
             "max_in_flight": max(window, default=0), "machine_busy": machine, "requests": stats["requests"],
             "server_cpu": served_cpu}
 
@@ -330,11 +333,12 @@ def main() -> int:
 def print_round(rows: list[dict]) -> Optional[float]:
     """One round's table and, with both tools in it, wit's ratio to the better img2dataset."""
     head = (f"{'':28s} {'images':>7s} {'wall s':>7s} {'img/s':>7s} {'window s':>9s} {'img/s in':>9s} "
-            f"{'CPU ms/img':>10s} {'in flight':>11s} {'cores busy':>10s} {'server CPU-s':>12s}")
+            f"{'CPU ms/img':>10s} {'switches/img':>12s} {'in flight':>11s} {'cores busy':>10s} {'server CPU-s':>12s}")
     print("\n" + head)
     for r in rows:
         print(f"{r['name']:28s} {r['images']:7,} {r['wall']:7.1f} {r['images'] / r['wall']:7.0f} {r['window']:9.1f} "
               f"{r['images'] / r['window']:9.0f} {1000 * r['cpu'] / max(1, r['images']):10.2f} "
+              f"{r['switches'] / max(1, r['images']):12.1f} "
               f"{r['mean_in_flight']:5.0f}/{r['max_in_flight']:<5d} {100 * r['machine_busy']:9.0f}% "
               f"{r['server_cpu']:12.1f}", flush=True)
     if len(rows) != 3:
