@@ -110,7 +110,10 @@ def _read_framed(reader) -> bytes:
         raise EOFError
     size, = _LENGTH.unpack(head)
     if size == -1:
-        size, = struct.unpack("!Q", reader.read(8))
+        longer = reader.read(8)
+        if len(longer) < 8:
+            raise EOFError
+        size, = struct.unpack("!Q", longer)
     message = reader.read(size)
     if len(message) < size:
         raise EOFError
