@@ -156,10 +156,11 @@ def _separable(src, c, rows, row_weights, cols, col_weights):  # pragma: no cove
     """src (h, w, stride), its first c channels -> (len(rows), len(cols), c): each output row the weighted sum
     of the input rows its taps name, then each output pixel that of the row's pixels its column taps name;
     float32, rounded to uint8 as OpenCV's saturate_cast rounds. Taps of weight 0 are padding. The row pass
-    sums whole pixels, padding byte included (contiguous, so it vectorises). Three channels get a loop of
-    their own, one accumulator each (four where Pillow pads pixels to four bytes): the column pass is most of
-    the cost, and the generic loop's gathers per channel cost twice as much (bench/download.py; figures in
-    bench/RESULTS.md)."""
+    sums whole pixels, padding byte included (contiguous, so it vectorises). RGB in Pillow's four-byte pixels
+    gets a loop of its own, one accumulator a byte, the padding's too, so that the four sums vectorise: the
+    column pass is most of the cost, and the generic loop's gathers per channel cost twice as much
+    (bench/download.py; figures in bench/RESULTS.md). Packed RGB (a copy of a very large image) takes the
+    generic loop, with the same sums in the same order."""
     h, w, stride = src.shape
     th, tw = rows.shape[0], cols.shape[0]
     flat = src.reshape(h, w * stride)
@@ -183,19 +184,6 @@ def _separable(src, c, rows, row_weights, cols, col_weights):  # pragma: no cove
                     g += weight * line[at + 1]
                     b += weight * line[at + 2]
                     pad += weight * line[at + 3]
-                out[y, x, 0] = min(255, max(0, np.rint(r)))
-                out[y, x, 1] = min(255, max(0, np.rint(g)))
-                out[y, x, 2] = min(255, max(0, np.rint(b)))
-            continue
-        if c == 3:
-            for x in range(tw):
-                r, g, b = np.float32(0), np.float32(0), np.float32(0)
-                for j in range(cols.shape[1]):
-                    weight = col_weights[x, j]
-                    at = cols[x, j] * stride
-                    r += weight * line[at]
-                    g += weight * line[at + 1]
-                    b += weight * line[at + 2]
                 out[y, x, 0] = min(255, max(0, np.rint(r)))
                 out[y, x, 1] = min(255, max(0, np.rint(g)))
                 out[y, x, 2] = min(255, max(0, np.rint(b)))
