@@ -139,7 +139,7 @@ _FETCH_DECIDES = ("max_bytes", "max_redirects", "disallowed_directives", "user_a
 def absolute(opts: BuildOptions) -> BuildOptions:
     """Local paths made absolute on the driver: workers may run in another directory."""
     def local(path: str) -> str:
-        return path if "://" in path else os.path.abspath(path)
+        return os.path.abspath(path) if fileio.is_local(path) else path
 
     return replace(opts, candidates=tuple(local(c) for c in opts.candidates), queries=local(opts.queries),
                    out=local(opts.out))

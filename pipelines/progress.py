@@ -29,7 +29,7 @@ class DownloadProgress:
     def __init__(self, out: str, shards: int, finished: frozenset[int], interval: Optional[float] = None,
                  stream: Optional[TextIO] = None, bar: Optional[bool] = None) -> None:
         self.out, self.shards = out, shards
-        self.interval = interval if interval is not None else (30.0 if "://" in out else 2.0)
+        self.interval = interval if interval is not None else (2.0 if fileio.is_local(out) else 30.0)
         self.stream = stream or sys.stderr
         self.bar_wanted = self.stream.isatty() if bar is None else bar
         self.done: set[int] = set(finished)

@@ -243,7 +243,8 @@ def perceptual_hash(img: Image.Image) -> int:
 def preload() -> None:
     """Import what hashing needs (scipy's FFT) now. It is imported at first use, not with this module: the
     job's driver imports the module for its options and never hashes, and the import adds to its start-up,
-    before the first request (bench/download.py). A decoding process calls this while it waits for work."""
+    before the first request (bench/download.py). A decoding process calls this at its start, before its first
+    body."""
     import scipy.fftpack  # noqa: F401
 
 

@@ -65,3 +65,8 @@ def test_a_local_lock_is_released_with_its_holder(tmp_path):
                 pass
     with fileio.folder_lock(str(tmp_path), "wit build"):
         pass
+
+
+def test_local_paths_are_told_from_object_store_urls():
+    assert fileio.is_local("/tmp/out") and fileio.is_local("out/shards") and fileio.is_local("a:b")
+    assert not fileio.is_local("gs://bucket/out") and not fileio.is_local("s3://bucket/out")

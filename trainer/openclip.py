@@ -175,7 +175,7 @@ def export(checkpoint: str, out: str, hub_id: Optional[str] = None) -> list[str]
     """Writes the folder; each file whole or not at all. Returns the paths written."""
     model, tok = load_model(checkpoint)
     cfg: CLIPConfig = model.config
-    tokenizer_name = hub_id or (out if "://" in out else os.path.abspath(out))
+    tokenizer_name = hub_id or (os.path.abspath(out) if fileio.is_local(out) else out)
     oc_config = {"model_cfg": model_cfg(cfg, tok.pad_id, tokenizer_name), "preprocess_cfg": preprocess_cfg(cfg)}
     files = {WEIGHTS: save_weights(to_openclip_state(model.state_dict())), **hf_tokenizer_files(tok),
              CONFIG: json.dumps(oc_config, indent=1).encode()}  # the config last: it makes the folder a model

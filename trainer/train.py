@@ -344,7 +344,7 @@ def model_tokenizer_json(cfg: TrainConfig) -> str:
 
 
 def _tensorboard(out: str):
-    if "://" in out:
+    if not fileio.is_local(out):
         log.warning("TensorBoard logs are written for local --out only")
         return None
     from torch.utils.tensorboard import SummaryWriter

@@ -23,6 +23,11 @@ from apache_beam.io.filesystems import FileSystems
 from wit.core.errors import FolderBusy, InputError, WitError, cause_of
 
 
+def is_local(path: str) -> bool:
+    """A path on this machine's file system, not in an object store (gs://, s3://)."""
+    return "://" not in path
+
+
 def join(base: str, *parts: str) -> str:
     return FileSystems.join(base, *parts)
 
@@ -165,7 +170,7 @@ def folder_lock(folder: str, what: str) -> Iterator[None]:
     locks: the lock is a lease file renewed every minute and taken over once ten minutes old; two runs
     started in the same second can both take it, so there it guards against the common mistake only.
     """
-    if "://" not in folder:
+    if is_local(folder):
         import fcntl
 
         os.makedirs(folder, exist_ok=True)

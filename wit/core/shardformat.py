@@ -220,7 +220,7 @@ def read_samples(path: str) -> list[Sample]:
     takes a fresh buffer of its full size, and the kernel's zeroing of those new pages cost several times the
     decoding itself; slices reuse one slice's memory (bench/download.py; figures in bench/RESULTS.md). A local
     file is mapped rather than read into a fresh buffer, for the same reason: its pages are the page cache's."""
-    f = pq.ParquetFile(pa.memory_map(path) if "://" not in path else pa.py_buffer(fileio.read_bytes(path)))
+    f = pq.ParquetFile(pa.memory_map(path) if fileio.is_local(path) else pa.py_buffer(fileio.read_bytes(path)))
     out: list[Sample] = []
     for batch in f.iter_batches(batch_size=IMAGES_PER_CHUNK, use_threads=False):
         out += from_table(batch)
