@@ -227,17 +227,37 @@ def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 def perceptual_hash(img: Image.Image) -> int:
-    """imagehash.phash of the image shrunk to 32x32 by area averaging, bit for bit, as an int. imagehash
-    shrinks with Lanczos, the costliest step; shrinking first makes its own resize a no-op and gives an
-    equally stable hash. Its steps are taken here without the no-op resize, the hex string and numpy's
-    general median: a quarter of its CPU (bench/download.py; figures in bench/RESULTS.md)."""
+    """imagehash.phash of the image shrunk to 32x32 by `_resized`'s kernel (area averaging), bit for bit, as an
+    int. imagehash shrinks with Lanczos, the costliest step; shrinking first makes its own resize a no-op and
+    gives an equally stable hash. Pillow's BOX shrink to 32x32 took most of what remained, and the compiled
+    kernel does it in a fraction (bench/download.py; figures in bench/RESULTS.md). Its other steps are taken
+    here without the no-op resize, the hex string and numpy's general median."""
     from scipy.fftpack import dct  # see `preload`
 
-    pixels = np.asarray(img.resize((32, 32), Image.Resampling.BOX).convert("L"))
+    (w, h), c = img.size, len(img.getbands())
+    taps = _area_taps if w >= _HASH_SIDE and h >= _HASH_SIDE else _lanczos4_taps
+    small = _separable(_pixels(img), c, *taps(h, _HASH_SIDE), *taps(w, _HASH_SIDE))
+    pixels = _grey(small) if c == 3 else small.reshape(_HASH_SIDE, _HASH_SIDE)
     low = dct(dct(pixels, axis=0), axis=1)[:8, :8].ravel()
     middle = np.partition(low, (31, 32))
     median = (middle[31] + middle[32]) / 2  # np.median's value: the mean of the two middle ones
     return int.from_bytes(np.packbits(low > median).tobytes(), "big")
+
+
+_HASH_SIDE = 32
+
+
+@numba.njit(cache=True, nogil=True)
+def _grey(rgb):  # pragma: no cover - compiled
+    """Pillow's RGB to L conversion (ITU-R 601-2 luma in 16-bit fixed point, rounded), as imagehash takes it;
+    compiled, as numpy's five steps on a 32x32 image cost a fifth of the hash."""
+    h, w, _ = rgb.shape
+    out = np.empty((h, w), np.uint8)
+    for y in range(h):
+        for x in range(w):
+            out[y, x] = (np.uint32(rgb[y, x, 0]) * 19595 + np.uint32(rgb[y, x, 1]) * 38470
+                         + np.uint32(rgb[y, x, 2]) * 7471 + 0x8000) >> 16
+    return out
 
 
 def preload() -> None:
