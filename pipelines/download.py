@@ -12,7 +12,11 @@ the fetchers must start bodies at the rate the pool finishes them, so
 in flight = pool rate x mean fetch time / share of fetches that give an image,
 with headroom, all measured as the download goes (`_Controller`). Bodies wait
 for the pool in a bounded queue; when it is full, fetchers wait instead of
-fetching, so memory stays bounded whichever side is faster.
+fetching, so memory stays bounded whichever side is faster. Near the end of
+the queued work the queue deepens to what the pool finishes in the time the
+slowest fetches take (bounded by `BACKLOG_BYTES`): the last requests then
+start early enough that the pool works through it while the slowest of them
+are still on the way, instead of idling until they are answered.
 
 Work is queued per host across every shard the process has open: a thread
 takes the next sample of the next host (round robin) below its
@@ -25,6 +29,7 @@ so image bytes never travel through a Beam shuffle.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -32,7 +37,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Union
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
@@ -57,9 +62,16 @@ MAX_IN_FLIGHT = 1024
 # in flight = HEADROOM x what Little's law says: latency varies, and a body that arrives before the pool
 # has room waits in the queue instead of idling a core.
 HEADROOM = 2.0
-# Bodies fetched and waiting for the pool, per pool process: enough that no process waits for work while
-# the fetchers catch up.
+# Bodies fetched and waiting for the pool, per pool process, while more than the end's backlog is queued:
+# enough that no process waits for work while the fetchers catch up.
 BACKLOG_PER_PROCESS = 8
+# Bodies handed to each pool process and not yet done; the rest of a deeper backlog waits in the fetching
+# process.
+POOL_PER_PROCESS = 16
+# The backlog's bound in bytes, whatever the latency says (bodies are capped by --max-bytes each).
+BACKLOG_BYTES = 256 << 20
+# The backlog covers this quantile of the recent fetch times, over this many fetches.
+SLOW_QUANTILE, SLOW_WINDOW = 0.99, 1024
 # Before any measurement: a web-like mean fetch time and CPU per image, in seconds (bench/download.py).
 START_LATENCY, START_CPU = 0.3, 0.004
 
@@ -101,6 +113,16 @@ class ShardJob:
                 self.done.set()
 
 
+@dataclass(frozen=True)
+class _Body:
+    """A fetched body on its way to the pool."""
+
+    job: ShardJob
+    i: int
+    got: Fetched
+    retried: bool = False
+
+
 class _Controller:
     """The limit of requests in flight, from Little's law over what the download has measured so far."""
 
@@ -108,21 +130,47 @@ class _Controller:
         self.processes = processes
         self.latency, self.cpu, self.image_share = START_LATENCY, START_CPU, 1.0
         self.limit = self._target()
+        self._recent: list[float] = []  # the last SLOW_WINDOW fetch times, a ring
+        self._fetches = 0
+        self.slow = START_LATENCY  # SLOW_QUANTILE of `_recent`
+        self._last_done: Optional[float] = None
+        self.interval = START_CPU / processes  # mean time between images the pool finishes while it has work
+        self.backlog_limit = self._backlog_target()
 
     def _target(self) -> int:
         rate = self.processes / max(self.cpu, 1e-4)  # images/s the pool finishes
         need = HEADROOM * rate * self.latency / max(self.image_share, 0.05)
         return max(MIN_IN_FLIGHT, min(MAX_IN_FLIGHT, math.ceil(need)))
 
+    def _backlog_target(self) -> int:
+        """Bodies the pool finishes, at the rate it has been finishing them, in the time the slowest fetches
+        take: a queue that keeps it busy from the last request's start to its answer."""
+        return max(self.processes * BACKLOG_PER_PROCESS, math.ceil(self.slow / max(self.interval, 1e-6)))
+
     def fetched(self, seconds: float, image: bool) -> None:
         # exponentially weighted means over about the last 200 fetches: they follow a change of hosts
         self.latency += (seconds - self.latency) / 200
         self.image_share += ((1.0 if image else 0.0) - self.image_share) / 200
         self.limit = self._target()
+        if len(self._recent) < SLOW_WINDOW:
+            self._recent.append(seconds)
+        else:
+            self._recent[self._fetches % SLOW_WINDOW] = seconds
+        self._fetches += 1
+        if self._fetches % 128 == 0:  # a sort of the window now and then costs less than a running quantile
+            recent = sorted(self._recent)
+            self.slow = recent[int(SLOW_QUANTILE * (len(recent) - 1))]
+            self.backlog_limit = self._backlog_target()
 
-    def processed(self, cpu_seconds: float) -> None:
+    def processed(self, cpu_seconds: float, busy: bool) -> None:
+        """`busy`: the pool had other bodies waiting, so the time since the last one done is its pace (not
+        a wait for bodies)."""
         self.cpu += (cpu_seconds - self.cpu) / 200
         self.limit = self._target()
+        now = time.monotonic()
+        if busy and self._last_done is not None:
+            self.interval += (now - self._last_done - self.interval) / 200
+        self._last_done = now
 
 
 class Downloader:
@@ -143,7 +191,9 @@ class Downloader:
         self._starting = 0  # threads started that have not yet come to `_take`
         self._fixed: Optional[int] = None  # a limit set by --threads instead of the controller's
         self.in_flight = 0
-        self.backlog = 0
+        self.backlog = 0  # bodies fetched and not yet done by the pool
+        self.backlog_bytes = 0
+        self._unsent: deque[_Body] = deque()  # the part of the backlog not yet handed to the pool
         self._pool: Optional[DecoderPool] = None
         self._pool_lock = threading.Lock()
         host_limits.on_free(self._host_free)
@@ -191,23 +241,58 @@ class Downloader:
             self._starting += 1
             threading.Thread(target=self._fetcher, name=f"wit-fetch-{self._threads}", daemon=True).start()
 
+    def _ending(self) -> int:
+        """Queued samples below which the backlog deepens for the end (`_backlog_full`): twice the deep
+        backlog leaves time to build it, as the fetchers may go about twice the pool's pace (`HEADROOM`)."""
+        return 2 * self.control.backlog_limit
+
+    def ahead(self) -> int:
+        """Samples worth keeping queued: the requests that may be in flight, and the end's margin, so that a
+        stage with more to submit submits it before the backlog deepens for an end that is not one."""
+        return self.limit + self._ending()
+
+    def _backlog_full(self) -> bool:
+        """While much is queued, a shallow backlog is enough: fetches finish at the pool's pace. Near the end
+        it deepens to what the pool does in the time of the slowest fetches, so that the pool still has work
+        while the last and slowest of them are on the way, instead of idling until they are answered."""
+        ending = self._queued <= self._ending()
+        limit = self.control.backlog_limit if ending else self.processes * BACKLOG_PER_PROCESS
+        return self.backlog >= limit or self.backlog_bytes >= BACKLOG_BYTES
+
     def _can_take(self) -> bool:
         """Whether a fetch thread could start a sample now (the lock held)."""
-        return bool(self._ready) and self.in_flight < self.limit and \
-            self.backlog < self.processes * BACKLOG_PER_PROCESS
+        return bool(self._ready) and self.in_flight < self.limit and not self._backlog_full()
+
+    def _can_send(self, room: int = 1) -> bool:
+        """Whether a body waits for the pool, and the pool has `room` for more (the lock held)."""
+        return bool(self._unsent) and \
+            self.backlog - len(self._unsent) <= self.processes * POOL_PER_PROCESS - room
+
+    def _sendable(self) -> list[_Body]:
+        """The bodies the pool has room for, oldest first, taken from the queue (the lock held)."""
+        sending = []
+        while self._can_send():
+            sending.append(self._unsent.popleft())
+        return sending
 
     def _wake(self) -> None:
-        """Wake one waiting thread if it could start a sample (the lock held): a thread woken for nothing
-        costs two thread switches and a turn at the GIL, which is most of what the fetching process's
-        system time is (bench/download.py)."""
-        if self._waiting and self._can_take():
+        """Wake one waiting thread if it could start a sample, or hand the pool bodies once it has room for
+        half its share (the lock held): a thread woken for nothing, or for one body, costs two thread switches
+        and a turn at the GIL, which is most of what the fetching process's system time is
+        (bench/download.py)."""
+        if self._waiting and (self._can_send(room=self.processes * POOL_PER_PROCESS // 2) or self._can_take()):
             self._cond.notify()
 
-    def _take(self) -> Optional[tuple[str, ShardJob, int]]:
-        """The next sample to fetch, or None when the thread has had nothing to do for a while. Threads wait
-        rather than end when the limit falls: it moves with every measurement, and starting threads costs."""
+    def _take(self) -> Union[list[_Body], tuple[str, ShardJob, int], None]:
+        """Bodies to hand to the pool (first: they keep it busy), else the next sample to fetch, or None when
+        the thread has had nothing to do for a while. Threads wait rather than end when the limit falls: it
+        moves with every measurement, and starting threads costs."""
         with self._cond:
             while True:
+                sending = self._sendable()
+                if sending:
+                    self._wake()
+                    return sending
                 if self._can_take():
                     host = self._ready.popleft()
                     self._in_ready.discard(host)
@@ -224,7 +309,7 @@ class Downloader:
                     self._wake()  # one waiter at a time, each passing it on: no herd of hundreds
                     return host, job, i
                 self._waiting += 1
-                if not self._queues and not self._queued:
+                if not self._queues and not self._queued and not self._unsent:
                     woken = self._cond.wait(30.0)
                     self._waiting -= 1
                     if not woken and not self._queued:  # idle: the thread goes
@@ -254,6 +339,9 @@ class Downloader:
         with self._cond:
             self._starting -= 1
         while (taken := self._take()) is not None:
+            if isinstance(taken, list):
+                self._send(taken)
+                continue
             host, job, i = taken
             sample = job.samples[i]
             started = time.monotonic()
@@ -269,25 +357,39 @@ class Downloader:
             if not got.ok:
                 job.finish(i, fetched_sample(sample, got, None))
                 continue
-            self._process(job, i, got, retried=False)
+            self._process(_Body(job, i, got))
 
-    def _process(self, job: ShardJob, i: int, got: Fetched, retried: bool) -> None:
+    def _process(self, body: _Body) -> None:
+        """A fetched body into the backlog; those the pool has room for are handed to it by this thread. The
+        threads that read the pool's results never hand it bodies: one blocked on a full pipe would stop
+        reading the results that empty it."""
         with self._cond:
             self.backlog += 1
-        self._decoders().submit(got.data, job.resize_opts, lambda done: self._processed(done, job, i, got, retried))
+            self.backlog_bytes += len(body.got.data)
+            self._unsent.append(body)
+            sending = self._sendable()
+        self._send(sending)
 
-    def _processed(self, done: Optional[Processed], job: ShardJob, i: int, got: Fetched, retried: bool) -> None:
+    def _send(self, bodies: list[_Body]) -> None:
+        pool = self._decoders()
+        for body in bodies:
+            pool.submit(body.got.data, body.job.resize_opts, functools.partial(self._processed, body))
+
+    def _processed(self, body: _Body, done: Optional[Processed]) -> None:
         with self._cond:
             self.backlog -= 1
+            self.backlog_bytes -= len(body.got.data)
+            busy = self.backlog >= self.processes
             self._wake()
+        job, i, got = body.job, body.i, body.got
         if done is None:  # its decoding process died (a crash in a native library): one more try
-            if not retried:
-                self._process(job, i, got, retried=True)
+            if not body.retried:
+                self._process(replace(body, retried=True))  # on the dead process's thread: it reads no more
                 return
             done = Processed(hashlib.sha256(got.data).hexdigest(), error_kind=ErrorKind.DECODE,
                              error="the decoding process died on this image")
         else:
-            self.control.processed(done.cpu_seconds)
+            self.control.processed(done.cpu_seconds, busy)
         job.finish(i, fetched_sample(job.samples[i], got, done))
 
     def start(self) -> None:
@@ -391,7 +493,7 @@ class DownloadToStaging(CountingDoFn):
             yield from self._outputs(shard, samples)
             return
         engine = downloader()
-        while self.open and engine.queued() >= engine.limit:  # enough queued: let the open shards advance
+        while self.open and engine.queued() >= engine.ahead():  # enough queued: let the open shards advance
             self.open[0].job.done.wait(0.2)
             yield from self._harvest()
         self.open.append(_Open(shard, p.staging, engine.submit(pending, self.fetch_opts, self.resize_opts,

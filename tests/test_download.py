@@ -145,7 +145,7 @@ def test_the_in_flight_limit_follows_littles_law():
     c = _Controller(processes=2)
     for _ in range(2000):  # the pool finishes 2 / 0.004 = 500 images/s; a fetch takes 0.5 s; all give an image
         c.fetched(0.5, True)
-        c.processed(0.004)
+        c.processed(0.004, True)
     assert c.limit == pytest.approx(download.HEADROOM * 500 * 0.5, rel=0.02)
     for _ in range(2000):  # fast failures half the time: twice as many in flight for the same images/s
         c.fetched(0.5, _ % 2 == 0)
@@ -153,6 +153,37 @@ def test_the_in_flight_limit_follows_littles_law():
     for _ in range(2000):  # a quick web needs few
         c.fetched(0.001, True)
     assert c.limit == download.MIN_IN_FLIGHT
+
+
+def test_the_end_backlog_covers_the_slowest_fetches_at_the_pools_pace():
+    c = _Controller(processes=2)
+    for k in range(2000):  # 2% of fetches take 3 s
+        c.fetched(3.0 if k % 50 == 0 else 0.2, True)
+    assert c.slow == 3.0
+    c.interval = 0.002  # the pool finishes an image every 2 ms
+    assert c._backlog_target() == 1500
+    for _ in range(2000):  # the slow hosts are gone
+        c.fetched(0.2, True)
+    assert c.slow == 0.2 and c._backlog_target() == 100
+    c.interval = 1.0  # a slow pool: never less than the backlog kept while much is queued
+    assert c._backlog_target() == 2 * download.BACKLOG_PER_PROCESS
+
+
+def test_the_last_requests_start_while_the_pool_has_the_slowest_ones_time_of_work(slow_server):
+    """Every 25th URL takes 0.5 s, the rest come at once: when the last request starts, bodies for about that
+    long wait for the pool, not the few it keeps while much is queued, so it works while the slow ones come."""
+    server, base = slow_server(delays={f"/img/{i}.jpg": 0.5 for i in range(0, 1000, 25)}, default=0.0)
+    samples = [Sample(key=f"{i:05d}", uid=str(i), url=f"{base}/img/{i}.jpg", caption="c") for i in range(1000)]
+    engine = Downloader(processes=1)
+    job = engine.submit(samples, OPTS, ResizeOptions(image_size=32))
+    waiting_at_last_start = None
+    while not job.done.wait(0.001):
+        if waiting_at_last_start is None and engine.queued() == 0:
+            waiting_at_last_start = engine.backlog
+    assert [s.status.value for s in job.results] == ["success"] * 1000
+    assert engine.control.slow == pytest.approx(0.5, abs=0.1)
+    assert waiting_at_last_start > 2 * download.BACKLOG_PER_PROCESS, waiting_at_last_start
+    assert engine.backlog == engine.backlog_bytes == 0 and not engine._unsent
 
 
 def test_a_shard_of_20000_distinct_hosts_keeps_memory_bounded():
