@@ -229,8 +229,8 @@ def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
 def perceptual_hash(img: Image.Image) -> int:
     """imagehash.phash of the image shrunk to 32x32 by `_resized`'s kernel (area averaging), bit for bit, as an
     int. imagehash shrinks with Lanczos, the costliest step; shrinking first makes its own resize a no-op and
-    gives an equally stable hash. Pillow's BOX shrink to 32x32 took most of what remained, and the compiled
-    kernel does it in a fraction (bench/download.py; figures in bench/RESULTS.md). Its other steps are taken
+    gives an equally stable hash. The shrink is the compiled kernel's, not Pillow's BOX filter, which costs
+    several times as much (bench/download.py; figures in bench/RESULTS.md). imagehash's other steps are taken
     here without the no-op resize, the hex string and numpy's general median."""
     from scipy.fftpack import dct  # see `preload`
 
