@@ -219,11 +219,15 @@ def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     """img2dataset resizes with OpenCV: INTER_AREA shrinking (exact area averaging, which no Pillow filter is:
     BOX weighs whole pixels) and INTER_LANCZOS4 enlarging (Pillow's Lanczos has 3 lobes). Both separable, so
     one compiled kernel applies either from its taps: within 1/255 of OpenCV, at the cost of Pillow's own."""
+    out = _resampled(img, size)
+    return Image.fromarray(out.reshape(out.shape[:2]) if out.shape[2] == 1 else out, img.mode)
+
+
+def _resampled(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """`_resized`'s pixels as (height, width, channels), for a caller that needs no image."""
     (w, h), (tw, th) = img.size, size
     taps = _area_taps if tw <= w and th <= h else _lanczos4_taps
-    c = len(img.getbands())
-    out = _separable(_pixels(img), c, *taps(h, th), *taps(w, tw))
-    return Image.fromarray(out.reshape(th, tw) if c == 1 else out, img.mode)
+    return _separable(_pixels(img), len(img.getbands()), *taps(h, th), *taps(w, tw))
 
 
 def perceptual_hash(img: Image.Image) -> int:
@@ -234,10 +238,8 @@ def perceptual_hash(img: Image.Image) -> int:
     here without the no-op resize, the hex string and numpy's general median."""
     from scipy.fftpack import dct  # see `preload`
 
-    (w, h), c = img.size, len(img.getbands())
-    taps = _area_taps if w >= _HASH_SIDE and h >= _HASH_SIDE else _lanczos4_taps
-    small = _separable(_pixels(img), c, *taps(h, _HASH_SIDE), *taps(w, _HASH_SIDE))
-    pixels = _grey(small) if c == 3 else small.reshape(_HASH_SIDE, _HASH_SIDE)
+    small = _resampled(img, (_HASH_SIDE, _HASH_SIDE))
+    pixels = _grey(small) if small.shape[2] == 3 else small.reshape(_HASH_SIDE, _HASH_SIDE)
     low = dct(dct(pixels, axis=0), axis=1)[:8, :8].ravel()
     middle = np.partition(low, (31, 32))
     median = (middle[31] + middle[32]) / 2  # np.median's value: the mean of the two middle ones
